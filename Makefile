@@ -1,0 +1,23 @@
+# Two entry points (see README): `make run` runs the default experiment, `make test` installs the
+# test needs and runs the suite. Each creates or reuses ./.venv.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test install install-test
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q -e .
+
+install-test: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test,parity]'
+
+run: install
+	$(BIN)/python -m experiments.default
+
+test: install-test
+	$(BIN)/python -m pytest -q tests

@@ -1,0 +1,36 @@
+"""alignment: a JAX/Flax research library for LLM policy optimisation."""
+from setuptools import find_packages, setup
+
+setup(
+    name="alignment",
+    version="0.1.0",
+    description="JAX/Flax objectives, models and training for LLM alignment research.",
+    packages=find_packages(include=["alignment", "alignment.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        "ml-collections>=1.0",
+        "numpy",
+        "safetensors",
+        "tokenizers",
+        "sentencepiece",
+        "jinja2",
+        "tqdm",
+        "tensorboardX",
+        "matplotlib",
+        "vaderSentiment",
+        "grain",
+        "array-record",
+        "tensorflow-datasets",
+        "pyarrow",
+    ],
+    extras_require={
+        "test": ["pytest", "hypothesis", "nbclient", "nbformat", "ipykernel"],
+        # Parity references: tiny random Hugging Face models. torch is pinned to the CPU wheel
+        # these machines carry; an unpinned torch pulls a multi-GB CUDA build.
+        "parity": ["torch==2.13.0", "transformers"],
+    },
+)
