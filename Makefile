@@ -14,7 +14,7 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e .
 
 install-test: $(BIN)/python
-	$(BIN)/pip install -q -e '.[test,parity]'
+	$(BIN)/pip install -q -e '.[test,parity,reasoning]'
 
 run: install
 	$(BIN)/python -m experiments.default

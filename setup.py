@@ -32,5 +32,6 @@ setup(
         # Parity references: tiny random Hugging Face models. torch is pinned to the CPU wheel
         # these machines carry; an unpinned torch pulls a multi-GB CUDA build.
         "parity": ["torch==2.13.0", "transformers"],
+        "reasoning": ["reasoning-gym"],
     },
 )
