@@ -1,0 +1,1 @@
+"""Entry points: train, evaluate, bench (`python -m experiments.<name> --help`)."""

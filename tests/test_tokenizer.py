@@ -1,0 +1,221 @@
+"""Tokenizer: parity with transformers on the real Qwen3 tokenizer, sentencepiece, tiny tokenizer."""
+import io
+import json
+
+import jinja2
+import pytest
+
+from alignment.tokenizer import Tokenizer, tiny_tokenizer
+
+TEXTS = [
+    "Hello, world!",
+    "  leading and trailing spaces  ",
+    "tabs\tand\nnewlines\n\n\r\nmixed",
+    "unicode: héllo wörld, naïve café, ß, Ωμέγα, Привет, 你好世界, こんにちは, 안녕하세요 😀🚀👩‍👩‍👧",
+    "def f(x):\n    return {\"a\": [1, 2, 3]}  # comment\n\tpass\n",
+    "numbers 1234567890 3.14159 -42 1e-5",
+    "special-looking text <|im_start|>user\nhi<|im_end|> and </think>",
+    "",
+    " ",
+    "a" * 300,
+]
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is 2+2?"}],
+    [{"role": "system", "content": "You are terse."},
+     {"role": "user", "content": "Name a colour."},
+     {"role": "assistant", "content": "Blue."},
+     {"role": "user", "content": "Another one, with unicode: ünïcödé 😀"}],
+    [{"role": "user", "content": "Think first."},
+     {"role": "assistant", "content": "<think>\nhmm\n</think>\n\nThe answer is 4."}],
+]
+
+
+def _hf(path):
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(str(path))
+
+
+@pytest.fixture(scope="module")
+def qwen3(qwen3_tokenizer_dir):
+    """(ours, transformers') loaded once: loading the 150k vocabulary takes ~2 s each."""
+    return Tokenizer.from_pretrained(qwen3_tokenizer_dir), _hf(qwen3_tokenizer_dir)
+
+
+# -- Qwen3 parity ----------------------------------------------------------------------------------
+
+
+def test_qwen3_ids_match_transformers(qwen3):
+    ours, ref = qwen3
+    for text in TEXTS:
+        expected = ref.encode(text, add_special_tokens=False)
+        assert ours.encode(text) == expected, text
+        assert ours.encode(text, add_special_tokens=True) == ref.encode(text, add_special_tokens=True)
+        for skip in (False, True):
+            assert ours.decode(expected, skip_special_tokens=skip) == ref.decode(
+                expected, skip_special_tokens=skip), text
+    assert ours.encode_batch(TEXTS) == [ref.encode(t, add_special_tokens=False) for t in TEXTS]
+
+
+def test_qwen3_special_ids(qwen3):
+    ours, ref = qwen3
+    assert ours.bos_id == ref.bos_token_id  # None for Qwen3
+    assert ours.eos_id == ref.eos_token_id == ref.convert_tokens_to_ids("<|im_end|>")
+    assert ours.pad_id == ref.pad_token_id
+    assert ours.vocab_size == len(ref)
+
+
+@pytest.mark.parametrize("conversation", range(len(CONVERSATIONS)))
+@pytest.mark.parametrize("add_generation_prompt", [False, True])
+def test_qwen3_chat_template_matches_transformers(qwen3, conversation,
+                                                  add_generation_prompt):
+    ours, ref = qwen3
+    messages = CONVERSATIONS[conversation]
+    kwargs = dict(add_generation_prompt=add_generation_prompt)
+    text = ours.apply_chat_template(messages, **kwargs)
+    assert text == ref.apply_chat_template(messages, tokenize=False, **kwargs)
+    assert ours.apply_chat_template(messages, tokenize=True, **kwargs) == ref.encode(
+        text, add_special_tokens=False)
+    # Template kwargs pass through (Qwen3's thinking switch).
+    assert ours.apply_chat_template(messages, enable_thinking=False, **kwargs) == \
+      ref.apply_chat_template(messages, tokenize=False, enable_thinking=False, **kwargs)
+
+
+def test_qwen3_chat_template_tools_and_none_content(qwen3):
+    ours, ref = qwen3
+    tools = [{"type": "function", "function": {"name": "add", "description": "Adds <two> numbers & more",
+                                                "parameters": {"type": "object", "properties": {}}}}]
+    messages = [{"role": "user", "content": "add 1 and 2"},
+                {"role": "assistant", "content": "", "reasoning_content": None,
+                 "tool_calls": [{"function": {"name": "add", "arguments": {"a": 1, "b": 2}}}]},
+                {"role": "tool", "content": "3"}]
+    kwargs = dict(tools=tools, add_generation_prompt=True)
+    assert ours.apply_chat_template(messages, **kwargs) == ref.apply_chat_template(
+        messages, tokenize=False, **kwargs)
+
+
+def test_qwen3_save_roundtrip(qwen3, tmp_path):
+    ours, _ = qwen3
+    ours.save(tmp_path)
+    again = Tokenizer.from_pretrained(tmp_path)
+    assert (again.eos_id, again.pad_id, again.bos_id) == (ours.eos_id, ours.pad_id, ours.bos_id)
+    assert [again.encode(t) for t in TEXTS] == [ours.encode(t) for t in TEXTS]
+    assert again.apply_chat_template(CONVERSATIONS[1]) == ours.apply_chat_template(CONVERSATIONS[1])
+
+
+# -- tiny tokenizer --------------------------------------------------------------------------------
+
+
+def test_tiny_tokenizer_is_deterministic_and_small():
+    tok = tiny_tokenizer()
+    assert tok.vocab_size <= 256  # fits the "tiny" model preset
+    assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
+    # Golden ids: tiny configs and cached test data depend on them. If you change the vocabulary on
+    # purpose, update these numbers and say so in the change note.
+    assert tok.encode("Hi!\n") == [49, 82, 10, 8]
+    assert tok.encode("é") == [200, 176]
+    assert tiny_tokenizer().encode("same text every time") == tok.encode("same text every time")
+
+
+def test_tiny_tokenizer_roundtrips_any_text():
+    tok = tiny_tokenizer()
+    for text in TEXTS + ["\x00\x01\x7f control", "\u2028\ufeff"]:
+        ids = tok.encode(text)
+        assert all(0 <= i < tok.vocab_size for i in ids)
+        assert tok.unk_id not in ids, text
+        assert tok.decode(ids) == text
+    assert tok.encode("x", add_special_tokens=True) == [tok.bos_id] + tok.encode("x")
+
+
+def test_tiny_chat_template():
+    tok = tiny_tokenizer()
+    messages = CONVERSATIONS[1]
+    text = tok.apply_chat_template(messages, add_generation_prompt=True)
+    assert text == ("<bos><|system|>\nYou are terse.<eos>\n<|user|>\nName a colour.<eos>\n"
+                    "<|assistant|>\nBlue.<eos>\n<|user|>\nAnother one, with unicode: ünïcödé 😀<eos>\n"
+                    "<|assistant|>\n")
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    assert ids[0] == tok.bos_id and ids.count(tok.eos_id) == 4
+    assert ids[-2:] == [tok.token_to_id("<|assistant|>"), tok.encode("\n")[0]]
+    assert tok.decode(ids) == text
+    with pytest.raises(jinja2.exceptions.TemplateError, match="unknown role tool"):
+        tok.apply_chat_template([{"role": "tool", "content": "x"}])
+
+
+def test_tiny_tokenizer_saved_folder_loads_in_transformers(tmp_path):
+    tok = tiny_tokenizer()
+    tok.save(tmp_path)
+    ours, ref = Tokenizer.from_pretrained(tmp_path), _hf(tmp_path)
+    for text in TEXTS:
+        assert ours.encode(text) == tok.encode(text) == ref.encode(text, add_special_tokens=False)
+        assert ours.encode(text, True) == ref.encode(text, add_special_tokens=True)
+    assert (ref.bos_token_id, ref.eos_token_id, ref.pad_token_id) == (1, 2, 0)
+    for messages in CONVERSATIONS:
+        assert ours.apply_chat_template(messages, add_generation_prompt=True) == ref.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True)
+
+
+# -- sentencepiece ---------------------------------------------------------------------------------
+
+SP_CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "a tiny sentencepiece model trained inside a unit test",
+    "hello world, hello tokenizer, hello chat template",
+    "numbers like 123 and 456 appear sometimes",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def sp_dir(tmp_path_factory):
+    sentencepiece = pytest.importorskip("sentencepiece")
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(SP_CORPUS), model_writer=model, vocab_size=320, model_type="bpe",
+        character_coverage=1.0, byte_fallback=True, pad_id=3, bos_id=1, eos_id=2, unk_id=0,
+        minloglevel=2, num_threads=1)
+    path = tmp_path_factory.mktemp("sp")
+    (path / "tokenizer.model").write_bytes(model.getvalue())
+    config = {"chat_template": "{% for m in messages %}{{ bos_token + m['role'] + ': ' + m['content']"
+                               " + eos_token }}{% endfor %}"}
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_sentencepiece_loads_and_roundtrips(sp_dir, tmp_path):
+    import sentencepiece  # pylint: disable=import-outside-toplevel
+    tok = Tokenizer.from_pretrained(sp_dir)
+    ref = sentencepiece.SentencePieceProcessor(model_file=str(sp_dir / "tokenizer.model"))
+    assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.vocab_size) == (1, 2, 3, ref.get_piece_size())
+    for text in ["hello world", "the lazy fox, 123", "unseen: ünïcödé 😀"]:
+        ids = tok.encode(text)
+        assert ids == ref.encode(text)
+        assert tok.decode(ids) == text  # byte fallback: nothing lost
+        assert tok.encode(text, add_special_tokens=True) == [1] + ids  # sentencepiece models add BOS
+    chat = tok.apply_chat_template([{"role": "user", "content": "hello"}], tokenize=True)
+    assert chat[0] == tok.bos_id and chat[-1] == tok.eos_id  # special tokens in text become their ids
+    assert tok.decode(chat) == "<s>user: hello</s>"
+    assert tok.decode(chat, skip_special_tokens=True) == "user: hello"
+    tok.save(tmp_path)
+    again = Tokenizer.from_pretrained(tmp_path)
+    assert again.encode("hello world", True) == tok.encode("hello world", True)
+
+
+# -- errors ----------------------------------------------------------------------------------------
+
+
+def test_bad_inputs_raise_clear_errors(tmp_path):
+    tok = tiny_tokenizer()
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tok.decode([1, 999])
+    with pytest.raises(TypeError, match="must be a str"):
+        tok.encode(b"bytes")
+    with pytest.raises(ValueError, match="non-empty list"):
+        tok.apply_chat_template([])
+    with pytest.raises(FileNotFoundError, match="neither tokenizer.json nor tokenizer.model"):
+        Tokenizer.from_pretrained(tmp_path)
+    tok.save(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config["eos_token"] = "<not-a-token>"
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="eos_token='<not-a-token>' is not in the vocabulary"):
+        Tokenizer.from_pretrained(tmp_path)
