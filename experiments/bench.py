@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import time
 
@@ -140,6 +141,13 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3, help="timed repetitions after warm-up")
     p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     p.set_defaults(fn=bench_model)
+    # `train` keeps its own flags (experiments/bench_train.py); it is listed here so --help shows it.
+    sub.add_parser("train", add_help=False,
+                   help="DPO/SFT step time, tokens/s, XLA vs analytic FLOPs, peak memory")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        from experiments.bench_train import bench_train
+        return bench_train(argv[1:])
     args = parser.parse_args(argv)
     result = args.fn(args)
     if args.json:

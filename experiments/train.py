@@ -1,0 +1,32 @@
+"""Train (or resume) from a config file.
+
+    python -m experiments.train --config configs/<name>.py[:arg] --workdir DIR [--config.key=value ...]
+
+Re-running the same command with the same --workdir resumes from the latest checkpoint
+(parameters, optimizer, RNG and data position). Unknown `--config.*` keys and values of the
+wrong type fail before anything is built.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py[:arg]", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics.jsonl, tensorboard")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.getLogger("alignment").setLevel(logging.INFO)
+    from alignment import train as train_lib
+    train_lib.train(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))
