@@ -151,6 +151,20 @@ def _entropy_term(entropy, mask, entropy_coef):
   return ent
 
 
+
+def _add_kl_and_entropy(name, per_token, metrics, lp, ref, m, beta, kl_estimator, entropy,
+                        entropy_coef):
+  """`per_token + beta*KL - entropy_coef*H`, recording `kl` / `entropy` in `metrics` when used."""
+  kl = _kl_term(name, lp, ref, m, beta, kl_estimator)
+  if kl is not None:
+    per_token = per_token + beta * kl
+    metrics["kl"] = _token_mean(kl, m)
+  ent = _entropy_term(entropy, m, entropy_coef)
+  if ent is not None:
+    per_token = per_token - entropy_coef * ent
+    metrics["entropy"] = _token_mean(ent, m)
+  return per_token
+
 @register("grpo", "policy_gradient")
 def grpo(*, logps: Array, mask: Array, advantages: Array, old_logps: Array | None = None,
          ref_logps: Array | None = None, beta: float = 0.0, kl_estimator: str = "k3",
@@ -179,14 +193,8 @@ def grpo(*, logps: Array, mask: Array, advantages: Array, old_logps: Array | Non
   per_token = pg
   metrics = dict(stats)
   metrics["policy_loss"] = aggregate(pg, m, aggregation, num_tokens=num_tokens, max_len=max_len)
-  kl = _kl_term("grpo", lp, ref, m, beta, kl_estimator)
-  if kl is not None:
-    per_token = per_token + beta * kl
-    metrics["kl"] = _token_mean(kl, m)
-  ent = _entropy_term(entropy, m, entropy_coef)
-  if ent is not None:
-    per_token = per_token - entropy_coef * ent
-    metrics["entropy"] = _token_mean(ent, m)
+  per_token = _add_kl_and_entropy("grpo", per_token, metrics, lp, ref, m, beta, kl_estimator,
+                                  entropy, entropy_coef)
   loss = aggregate(per_token, m, aggregation, num_tokens=num_tokens, max_len=max_len)
   metrics["per_token_loss"] = _masked(per_token, m)
   return loss, metrics
@@ -224,14 +232,8 @@ def ppo(*, logps: Array, mask: Array, advantages: Array, values: Array, old_valu
                                  dual_clip)
   per_token = pg
   metrics = dict(stats)
-  kl = _kl_term("ppo", lp, ref, m, beta, kl_estimator)
-  if kl is not None:
-    per_token = per_token + beta * kl
-    metrics["kl"] = _token_mean(kl, m)
-  ent = _entropy_term(entropy, m, entropy_coef)
-  if ent is not None:
-    per_token = per_token - entropy_coef * ent
-    metrics["entropy"] = _token_mean(ent, m)
+  per_token = _add_kl_and_entropy("ppo", per_token, metrics, lp, ref, m, beta, kl_estimator,
+                                  entropy, entropy_coef)
   v, v_old, ret = _masked(v, m), _masked(v_old, m), _masked(ret, m)
   v_clipped = v_old + jnp.clip(v - v_old, -value_clip, value_clip)
   vf1, vf2 = (v - ret) ** 2, (v_clipped - ret) ** 2
