@@ -4,12 +4,16 @@ Layout: `WORKDIR/checkpoints/<step>/{state,data}`; `state` is the `TrainState` w
 frozen reference (re-created from the initial weights on resume), `data` a JSON dict holding
 each process's iterator state. Orbax writes into a temporary directory and renames it on
 commit, so a run killed mid-save leaves the previous checkpoint as the latest one.
+
+Exports: `export_hf` writes a Hugging Face folder (`WORKDIR/hf`, `WORKDIR/reference_hf`) and
+`write_run_record` the `WORKDIR/run.json` that `experiments.evaluate` reads.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -85,3 +89,41 @@ def local_data_state(data_states: dict[str, Any]) -> dict[str, Any]:
         raise KeyError(f"checkpoint has data states for {sorted(data_states)} but this is {key}; "
                        "resume with the same distributed.num_processes")
     return data_states[key]
+
+
+# ----------------------------------------------------------------------------- exports
+
+RUN_RECORD = "run.json"
+
+
+def export_hf(graphdef, params, path: str, *, tokenizer=None) -> None:
+    """Writes `params` as a Hugging Face folder (plus the tokenizer's files when given) that
+    `alignment.models.from_pretrained` and `transformers.AutoModelForCausalLM` load.
+
+    Collective across processes (shards are gathered); process 0 writes into `path + ".tmp"`
+    and renames it, so a run killed mid-export never leaves a half-written folder at `path`.
+    """
+    from alignment import models
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        params = multihost_utils.process_allgather(params, tiled=True)
+    if jax.process_index() != 0:
+        return
+    path = os.path.abspath(path)
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    models.save_pretrained(models.merge(graphdef, jax.device_get(params)), tmp)
+    if tokenizer is not None:
+        tokenizer.save(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def write_run_record(workdir: str, record: dict[str, Any]) -> str:
+    """Writes `WORKDIR/run.json` (what `experiments.evaluate` reads: reference, task, tokenizer,
+    chat_template, loss) atomically; returns its path."""
+    path = os.path.join(workdir, RUN_RECORD)
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True, default=str)
+    os.replace(path + ".tmp", path)
+    return path

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 JSONL = "metrics.jsonl"
-PROGRESS_KEYS = ("loss", "reward_accuracy", "grad_norm", "tokens_per_s")
+PROGRESS_KEYS = ("loss", "eval_loss", "reward_accuracy", "grad_norm", "tokens_per_s")
 
 
 class NonFiniteError(FloatingPointError):

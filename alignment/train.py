@@ -27,9 +27,9 @@ from alignment import checkpoint as ckpt_lib
 from alignment import metrics as metrics_lib
 from alignment import optim, sharding
 from alignment.learners import offline
+from alignment.learners.validation import KINDS, check_mesh_batch, validate_config  # noqa: F401 (re-exported)
 from alignment.types import TrainState
 
-KINDS = ("sft", "preference")
 log = logging.getLogger(__name__)
 LossFn = Callable[[Any, Any, Mapping[str, jax.Array]], tuple[jax.Array, jax.Array, dict]]
 
@@ -85,14 +85,25 @@ def init_params(model_cfg, mesh, seed: int):
     return graphdef, init(), shardings
 
 
-def load_params(path: str, dtype: str, mesh):
-    """Parameters of a Hugging Face folder, placed with the rule-table shardings."""
+def load_params(path: str, model_cfg_dict, mesh):
+    """Parameters of a Hugging Face folder, placed with the rule-table shardings.
+
+    `model_cfg_dict` is `config.model`: the folder fixes the architecture; the config still sets
+    the parameter dtype (master weights), the compute dtype and the layout switches. Returns
+    `(graphdef, params, shardings, model_config)`."""
     from alignment import models
-    model = models.from_pretrained(path, dtype=dtype, mesh=mesh)
-    graphdef, state, rest = nnx.split(model, nnx.Param, ...)
+    m = model_cfg_dict
+    model = models.from_pretrained(path, dtype=m.param_dtype, mesh=mesh, scan_layers=m.scan_layers,
+                                   remat_policy=m.remat_policy)
+    # from_pretrained sets one dtype for both; the compute dtype only lives in the graph
+    model_cfg = model.config.replace(dtype=m.dtype)
+    _, state, rest = nnx.split(model, nnx.Param, ...)
+    if jax.tree.leaves(rest):
+        raise ValueError(f"{path}: the engine expects a model whose state is all nnx.Param")
+    graphdef, _ = abstract_model(model_cfg)
     shardings = param_shardings(state, mesh)
     params = jax.tree.map(lambda x, s: jax.device_put(x, s), nnx.to_pure_dict(state), shardings)
-    return graphdef, params, shardings
+    return graphdef, params, shardings, model_cfg
 
 
 def opt_state_shardings(tx, abs_params, shardings, mesh):
@@ -183,6 +194,35 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, state_
                    out_shardings=(state_shardings, rep), donate_argnums=(0,) if donate else ())
 
 
+def make_eval_step(loss_fn: LossFn, *, state_shardings, batch_shardings, mesh):
+    """Jitted `eval_step(state, batch) -> (loss * w, w, {k: metric * w})` at `state.params`: the
+    train step's loss and metrics with no gradient and no update (the state is not donated).
+    Summing the outputs over batches and dividing by the summed `w` averages held-out batches
+    the way the train step averages micro-batches (token-weighted for token-mean SFT)."""
+    rep = sharding.replicated(mesh)
+
+    def eval_step(state: TrainState, batch):
+        loss, w, m = loss_fn(state.params, state.ref_params, batch)
+        f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+        return f32(loss * w), f32(w), {k: f32(v * w) for k, v in m.items()}
+
+    return jax.jit(eval_step, in_shardings=(state_shardings, batch_shardings), out_shardings=rep)
+
+
+def evaluate(eval_step, state, batches) -> dict[str, float]:
+    """`{"eval_loss": ..., "eval_<metric>": ...}`: weighted means of `eval_step` over `batches`
+    (all dispatched before one fetch; sums in float64 on the host)."""
+    outs = jax.device_get([eval_step(state, b) for b in batches])
+    w = sum(float(o[1]) for o in outs)
+    if not w > 0:
+        raise ValueError(f"the {len(batches)} eval batch(es) carry no weight (no response tokens or pairs "
+                         "to average over); check data.splits['eval'] or raise eval_batches")
+    result = {"eval_loss": sum(float(o[0]) for o in outs) / w}
+    for k in outs[0][2]:
+        result[f"eval_{k}"] = sum(float(o[2][k]) for o in outs) / w
+    return result
+
+
 def make_loss_fn(config, logprob_fn) -> LossFn:
     """The learner for `config.kind` bound to `config.loss` / `config.loss_kwargs`."""
     from alignment import losses
@@ -204,58 +244,6 @@ def batch_shardings_for(batch: Mapping[str, Any], mesh):
 def to_global(batch: Mapping[str, np.ndarray], shardings) -> dict[str, jax.Array]:
     """This host's rows -> global arrays sharded over (data, fsdp)."""
     return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in batch.items()}
-
-
-# ----------------------------------------------------------------------------- validation
-
-def validate_config(config) -> None:
-    """Semantic checks that must fail before anything compiles (types and unknown keys are
-    already enforced by the locked ConfigDict and the flag parser)."""
-    from alignment import losses
-    if config.kind not in KINDS:
-        raise ValueError(f"config.kind must be one of {KINDS}, got {config.kind!r}")
-    for key in ("num_train_steps", "checkpoint_every_steps", "keep_checkpoints", "global_batch_size",
-                "grad_accum_steps", "log_every_steps"):
-        if int(config[key]) <= 0:
-            raise ValueError(f"config.{key} must be positive, got {config[key]}")
-    if config.reference.mode not in offline.REFERENCE_MODES:
-        raise ValueError(f"config.reference.mode must be one of {offline.REFERENCE_MODES}, "
-                         f"got {config.reference.mode!r}")
-    family = losses.available().get(config.loss)
-    if family is None:
-        raise ValueError(f"config.loss={config.loss!r} is not a registered loss; "
-                         f"available: {sorted(losses.available())}")
-    want = {"sft": ("supervised",), "preference": ("preference", "token_preference")}[config.kind]
-    if family not in want:
-        raise ValueError(f"config.loss={config.loss!r} is a {family} loss; kind={config.kind!r} needs {want}")
-    loss_fn = losses.get(config.loss)
-    offline.check_supported(loss_fn, config.kind)
-    if offline.needs_reference(loss_fn) and config.reference.mode == "precomputed" and (
-            config.kind == "sft" or family == "token_preference"):
-        raise ValueError(f"loss {config.loss!r} needs per-token reference log-probs: set reference.mode='in_step'")
-    names, _, var_kw = offline.loss_parameters(loss_fn)
-    unknown = set(config.loss_kwargs.keys()) - names
-    if unknown and not var_kw:
-        raise ValueError(f"config.loss_kwargs {sorted(unknown)} are not arguments of loss {config.loss!r}")
-    d = config.distributed
-    if d.num_processes > 1 and not d.coordinator_address:
-        raise ValueError("distributed.num_processes > 1 needs distributed.coordinator_address (host:port)")
-    if not 0 <= d.process_id < max(d.num_processes, 1):
-        raise ValueError(f"distributed.process_id={d.process_id} outside [0, {d.num_processes})")
-    if config.global_batch_size % (max(d.num_processes, 1) * config.grad_accum_steps):
-        raise ValueError(f"global_batch_size={config.global_batch_size} must divide evenly over "
-                         f"{d.num_processes} process(es) x grad_accum_steps={config.grad_accum_steps}")
-    optim.make_schedule(config.optim, config.num_train_steps)  # warmup within the run, known schedule
-    if config.data.kind != config.kind:
-        raise ValueError(f"config.data.kind={config.data.kind!r} differs from config.kind={config.kind!r}")
-
-
-def check_mesh_batch(config, mesh) -> None:
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    micro = config.global_batch_size // config.grad_accum_steps
-    if micro % shards:
-        raise ValueError(f"micro-batch size {micro} (global_batch_size / grad_accum_steps) is not divisible "
-                         f"by mesh data x fsdp = {shards}")
 
 
 # ----------------------------------------------------------------------------- host loop
@@ -307,9 +295,38 @@ class _ReferenceCache:
         return {**batch, **extra}
 
 
-def train(config, workdir: str) -> TrainState:
-    """Runs (or resumes) `config` in `workdir`; returns the final state. See module docstring."""
+def load_eval_batches(config, tokenizer, mesh, process_index: int, process_count: int, prepare):
+    """The first `config.eval_batches` batches of `split="eval"` (the data module maps it to
+    `data.splits["eval"]`), each of the micro-batch size `global_batch_size / grad_accum_steps`
+    (a size the step is known to fit), fixed for the whole run so evaluations are comparable.
+    `prepare(batch_np) -> (global batch, shardings)` places them like train batches."""
     from alignment import data as data_lib
+    size = config.global_batch_size // config.grad_accum_steps
+    iterator = data_lib.make_iterator(config.data, tokenizer, kind=config.kind, split="eval",
+                                      global_batch_size=size, seed=config.data.seed,
+                                      process_index=process_index, process_count=process_count)
+    if config.eval_batches * size > iterator.num_examples:
+        log.warning("eval: %d batches of %d rows exceed the %d held-out examples; some are counted twice",
+                    config.eval_batches, size, iterator.num_examples)
+    return [prepare(next(iterator)) for _ in range(config.eval_batches)]
+
+
+def run_record(config, workdir: str, reference: str) -> dict[str, Any]:
+    """What `experiments.evaluate` reads from `WORKDIR/run.json`, plus the resolved config."""
+    tokenizer = config.tokenizer if config.tokenizer == "tiny" else os.path.abspath(config.tokenizer)
+    return {"kind": config.kind, "loss": config.loss, "reference": reference, "task": config.task,
+            "tokenizer": tokenizer, "chat_template": bool(config.data.chat_template),
+            "policy": os.path.join(workdir, "hf") if config.export_hf else "", "config": config.to_dict()}
+
+
+def train(config, workdir: str) -> TrainState:
+    """Runs (or resumes) `config` in `workdir`; returns the final state. See module docstring.
+
+    Writes `WORKDIR/run.json` up front; with `export_hf`, the final policy goes to `WORKDIR/hf`
+    and, for a random init, the initial weights (the reference) to `WORKDIR/reference_hf`, both
+    with the tokenizer's files. Every `eval_every_steps` steps (and at the last step) the loss
+    on fixed held-out batches is logged as `eval_loss` / `eval_<metric>` on that step's line.
+    """
     validate_config(config)
     init_distributed(config)
     workdir = os.path.abspath(workdir)
@@ -321,13 +338,22 @@ def train(config, workdir: str) -> TrainState:
 
     # --- model, optimizer, state (fresh or restored)
     if config.model.init_from:
-        graphdef, params, shardings = load_params(config.model.init_from, config.model.dtype, mesh)
+        graphdef, params, shardings, model_cfg = load_params(config.model.init_from, config.model, mesh)
+        reference = os.path.abspath(config.model.init_from)
     else:
         model_cfg = model_config(config, tokenizer.vocab_size)
-        if config.data.max_len > model_cfg.max_seq_len:
-            raise ValueError(f"data.max_len={config.data.max_len} exceeds the model's max_seq_len="
-                             f"{model_cfg.max_seq_len}")
         graphdef, params, shardings = init_params(model_cfg, mesh, config.seed)
+        reference = os.path.join(workdir, "reference_hf") if config.export_hf else ""
+        # the initial weights are a pure function of the seed: a resumed run finds them written
+        if config.export_hf and not os.path.isfile(os.path.join(reference, "config.json")):
+            ckpt_lib.export_hf(graphdef, params, reference, tokenizer=tokenizer)
+    if config.data.max_len > model_cfg.max_seq_len:
+        raise ValueError(f"data.max_len={config.data.max_len} exceeds the model's max_seq_len={model_cfg.max_seq_len}")
+    if tokenizer.vocab_size > model_cfg.vocab_size:
+        raise ValueError(f"tokenizer {config.tokenizer!r} has {tokenizer.vocab_size} ids but the model's "
+                         f"vocab_size is {model_cfg.vocab_size}")
+    if pi == 0:
+        ckpt_lib.write_run_record(workdir, run_record(config, workdir, reference))
     schedule = optim.make_schedule(config.optim, config.num_train_steps)
     tx = optim.make_optimizer(config.optim, params, config.num_train_steps)
     from alignment import losses
@@ -343,9 +369,19 @@ def train(config, workdir: str) -> TrainState:
         ref_cache = _ReferenceCache(ref_fn, ref_params, enabled=pc == 1)
     del params
 
+    def prepare(batch_np):
+        """Host rows -> (global batch, its shardings), with cached reference log-probs."""
+        b_shardings = batch_shardings_for(batch_np, mesh)
+        batch = to_global(batch_np, b_shardings)
+        if ref_cache is not None:
+            batch = ref_cache(batch_np, batch, b_shardings)
+            b_shardings = batch_shardings_for(batch, mesh)
+        return batch, b_shardings
+
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                          every_steps=config.checkpoint_every_steps,
                                          keep=config.keep_checkpoints, async_save=config.checkpoint_async)
+    from alignment import data as data_lib
     iterator = data_lib.make_iterator(config.data, tokenizer, kind=config.kind, split="train",
                                       global_batch_size=config.global_batch_size, seed=config.data.seed,
                                       process_index=pi, process_count=pc)
@@ -364,22 +400,28 @@ def train(config, workdir: str) -> TrainState:
                                        enabled=pi == 0, tensorboard=config.tensorboard,
                                        progress=None if config.progress_bar else False)
     loss_fn = make_loss_fn(config, logprob_fn)
-    train_step = None
-    pending = None  # (step, device metrics, host tokens) of the step launched last
+    train_step = eval_step = None
+    eval_batches = None
+    pending = None  # (step, device metrics, host tokens, host eval metrics) of the step launched last
+
+    def eval_due(step_no: int) -> bool:
+        every = config.eval_every_steps
+        return every > 0 and (step_no % every == 0 or step_no == config.num_train_steps)
 
     def flush(now: float, last: list):
         nonlocal pending
         if pending is None:
             return
-        step_no, m_dev, tokens = pending
+        step_no, m_dev, tokens, m_eval = pending
         pending = None
         m = metrics_lib.to_host(m_dev)
+        m.update(m_eval)
         metrics_lib.check_finite(m, step_no)
         dt = now - last[0]
         last[0] = now
         m["tokens_per_s"] = tokens / dt if dt > 0 else 0.0
         m["step_time_s"] = dt
-        if step_no % config.log_every_steps == 0 or step_no == config.num_train_steps:
+        if step_no % config.log_every_steps == 0 or step_no == config.num_train_steps or m_eval:
             writer.write(step_no, m)
 
     clock = [time.perf_counter()]
@@ -387,11 +429,7 @@ def train(config, workdir: str) -> TrainState:
         for step_no in range(start + 1, config.num_train_steps + 1):
             batch_np = next(iterator)
             data_state = iterator.get_state()
-            b_shardings = batch_shardings_for(batch_np, mesh)
-            batch = to_global(batch_np, b_shardings)
-            if ref_cache is not None:
-                batch = ref_cache(batch_np, batch, b_shardings)
-                b_shardings = batch_shardings_for(batch, mesh)
+            batch, b_shardings = prepare(batch_np)
             if train_step is None:
                 train_step = make_train_step(loss_fn, tx, state_shardings=st_shardings,
                                              batch_shardings=b_shardings, mesh=mesh,
@@ -399,7 +437,18 @@ def train(config, workdir: str) -> TrainState:
             tokens = float(sum(np.sum(batch_np[k]) for k in batch_np if k.endswith("attention_mask"))) * pc
             state, m_dev = train_step(state, batch)
             flush(time.perf_counter(), clock)  # the previous step's metrics: one step late
-            pending = (step_no, m_dev, tokens)
+            m_eval = {}
+            if eval_due(step_no):
+                jax.block_until_ready(m_dev)
+                t0 = time.perf_counter()
+                if eval_step is None:
+                    eval_batches = load_eval_batches(config, tokenizer, mesh, pi, pc, prepare)
+                    eval_step = make_eval_step(loss_fn, state_shardings=st_shardings,
+                                               batch_shardings=eval_batches[0][1], mesh=mesh)
+                m_eval = evaluate(eval_step, state, [b for b, _ in eval_batches])
+                m_eval["eval_time_s"] = time.perf_counter() - t0
+                clock[0] += m_eval["eval_time_s"]  # evaluation is not step time
+            pending = (step_no, m_dev, tokens, m_eval)
             if checkpointer.should_save(step_no) or step_no == config.num_train_steps:
                 jax.block_until_ready(m_dev)
                 flush(time.perf_counter(), clock)  # never checkpoint a state whose metrics are non-finite
@@ -409,15 +458,5 @@ def train(config, workdir: str) -> TrainState:
         checkpointer.close()
         writer.close()
     if config.export_hf:
-        export_hf(graphdef, state.params, os.path.join(workdir, "hf"))
+        ckpt_lib.export_hf(graphdef, state.params, os.path.join(workdir, "hf"), tokenizer=tokenizer)
     return state
-
-
-def export_hf(graphdef, params, path: str) -> None:
-    """Writes the policy as a Hugging Face folder (process 0; gathers shards across hosts)."""
-    from alignment import models
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        params = multihost_utils.process_allgather(params, tiled=True)
-    if jax.process_index() == 0:
-        models.save_pretrained(nnx.merge(graphdef, jax.device_get(params)), path)

@@ -67,7 +67,13 @@ def base_config(kind: str, args: dict[str, object]) -> ml_collections.ConfigDict
     c.log_every_steps = 1 if tiny else 10
     c.global_batch_size = 8 if tiny else 64
     c.grad_accum_steps = 1
-    c.export_hf = False
+    c.export_hf = False  # WORKDIR/hf at the end (+ WORKDIR/reference_hf for a random init)
+    # held-out loss every N steps and at the last step (0 = off) on `eval_batches` fixed batches
+    # of data split "eval" (data.splits maps it to the source's split), each of
+    # global_batch_size / grad_accum_steps rows
+    c.eval_every_steps = 10 if tiny else 0
+    c.eval_batches = 2 if tiny else 8
+    c.task = ""  # an embedded task (alignment.tasks) recorded in run.json for experiments.evaluate
     c.tensorboard = True
     c.progress_bar = True
     c.tokenizer = "tiny" if tiny else ""  # "tiny" or a folder with tokenizer.json (+ tokenizer_config.json)

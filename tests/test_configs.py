@@ -94,6 +94,9 @@ def _with(config, **updates):
     ({"num_train_steps": 0}, "num_train_steps must be positive"),
     ({"distributed.num_processes": 2}, "coordinator_address"),
     ({"loss_kwargs.beta": 0.1}, "not arguments of loss 'sft'"),
+    ({"eval_every_steps": -1}, "eval_every_steps must be >= 0"),
+    ({"eval_batches": 0}, "eval_batches must be positive"),
+    ({"task": "sortnig"}, "config.task='sortnig' is not an embedded task"),
 ])
 def test_validate_config_fails_early_with_the_key_named(updates, match):
     with pytest.raises(ValueError, match=match):

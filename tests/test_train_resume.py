@@ -46,6 +46,8 @@ def test_tiny_dpo_metrics_and_golden_loss(reference):
     assert rows[2]["loss"] == pytest.approx(GOLDEN_DPO_STEP3, abs=2e-6), (
         "tiny DPO step-3 loss changed: see the comment on GOLDEN_DPO_STEP3")
     assert rows[-1]["loss"] < rows[0]["loss"]  # it learns the synthetic preference
+    # held-out loss every eval_every_steps=10 steps of the tiny config, on the same line
+    assert [r["step"] for r in rows if "eval_loss" in r] == [10, 20, 30, 40]
 
 
 def test_kill_9_then_rerun_resumes_bitwise(reference, tmp_path):
@@ -73,3 +75,7 @@ def test_kill_9_then_rerun_resumes_bitwise(reference, tmp_path):
         np.testing.assert_array_equal(resumed[k], expected[k], err_msg=k)
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # each step logged once
+    # evaluations after the resume see the same params and the same held-out batches
+    expected_rows = [json.loads(line) for line in open(reference / "metrics.jsonl")]
+    assert [r.get("eval_loss") for r in rows if r["step"] > killed_at] == [
+        r.get("eval_loss") for r in expected_rows if r["step"] > killed_at]
