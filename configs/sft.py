@@ -91,6 +91,9 @@ def base_config(kind: str, args: dict[str, object]) -> ml_collections.ConfigDict
         "scan_layers": False,
         "remat_policy": "none",
         "logprob_chunk_size": 32 if tiny else 512,
+        # recompute each chunk's [B, chunk, V] logits in the backward pass (memory O(B*chunk*V));
+        # False keeps them all (O(B*T*V) memory, 2*B*T*D*V fewer FLOPs)
+        "logprob_remat": True,
     })
     c.optim = ml_collections.ConfigDict({
         "name": "adamw",

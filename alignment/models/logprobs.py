@@ -71,12 +71,16 @@ def naive_token_logprobs(logits_BxTxV, labels_BxT, mask_BxT=None, *, softcap=Non
 
 
 def token_logprobs(hidden_BxTxD, unembed_DxV, labels_BxT, mask_BxT=None, *,
-                   chunk_size=DEFAULT_CHUNK_SIZE, softcap=None, return_entropy=False):
+                   chunk_size=DEFAULT_CHUNK_SIZE, softcap=None, return_entropy=False, remat=True):
     """log p(labels_t | h_t) with logits `h_t W` computed `chunk_size` positions at a time.
 
     Equal to `naive_token_logprobs(einsum(h, W), ...)` (float32 accumulation, optional final
     soft-cap as in Gemma 2) in value and gradient (w.r.t. hidden and unembedding), without ever
     holding more than [B, chunk_size, V] float32 logits, forward or backward.
+
+    `remat=False` keeps every chunk's logits for the backward pass instead of recomputing them:
+    [B, T, V] float32 residuals (the naive memory) but 2*B*T*D*V fewer FLOPs per step, which is
+    the cheaper trade where memory allows (large batch x small vocab, or a FLOPs benchmark).
     Returns logps_BxT, or (logps_BxT, entropy_BxT) with `return_entropy`.
     """
     labels_BxT = jnp.asarray(labels_BxT)
@@ -100,11 +104,13 @@ def token_logprobs(hidden_BxTxD, unembed_DxV, labels_BxT, mask_BxT=None, *,
     hidden_NxBxCxD = hidden_BxTxD.reshape(b, n, c, d).swapaxes(0, 1)
     labels_NxBxC = labels_BxT.reshape(b, n, c).swapaxes(0, 1)
 
-    @jax.checkpoint  # backward recomputes this chunk's logits instead of storing all of them
     def chunk(h_BxCxD, labels_BxC, w_DxV):
         logits = jnp.einsum("bcd,dv->bcv", h_BxCxD, w_DxV, preferred_element_type=jnp.float32)
         logps, entropy = _label_logprobs(_softcap(logits, softcap), labels_BxC, return_entropy)
         return (logps, entropy) if return_entropy else (logps,)
+
+    if remat:  # backward recomputes this chunk's logits instead of storing all of them
+        chunk = jax.checkpoint(chunk)
 
     outs = jax.lax.map(lambda xs: chunk(xs[0], xs[1], unembed_DxV), (hidden_NxBxCxD, labels_NxBxC))
     outs = [o.swapaxes(0, 1).reshape(b, n * c)[:, :t] for o in outs]
@@ -119,7 +125,7 @@ def shift_to_tokens(values_BxTm1, mask_BxT):
 
 
 def model_logprobs(model, input_ids, attention_mask, loss_mask, *, segment_ids=None, positions=None,
-                   chunk_size=DEFAULT_CHUNK_SIZE, return_entropy=False):
+                   chunk_size=DEFAULT_CHUNK_SIZE, return_entropy=False, remat=True):
     """Per-token log-probs of `input_ids` under `model`, in the project convention.
 
     logps_BxT[:, t] = log p(x_t | x_<t) * loss_mask[:, t] for t >= 1, and 0 at t = 0. Positions
@@ -149,7 +155,8 @@ def model_logprobs(model, input_ids, attention_mask, loss_mask, *, segment_ids=N
     valid_BxT = valid_BxT.at[:, 0].set(False)
     out = token_logprobs(hidden_BxTxD[:, :-1], model.unembed_weight(), input_ids[:, 1:],
                          valid_BxT[:, 1:], chunk_size=chunk_size,
-                         softcap=model.config.final_logit_softcap, return_entropy=return_entropy)
+                         softcap=model.config.final_logit_softcap, return_entropy=return_entropy,
+                         remat=remat)
     if return_entropy:
         return shift_to_tokens(out[0], valid_BxT), shift_to_tokens(out[1], valid_BxT)
     return shift_to_tokens(out, valid_BxT)
