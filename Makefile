@@ -17,7 +17,7 @@ install-test: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test,parity,reasoning]'
 
 run: install
-	$(BIN)/python -m experiments.train --config configs/dpo.py:tiny --workdir runs/default
+	$(BIN)/python -m experiments.default --workdir runs/default
 
 test: install-test
 	$(BIN)/python -m pytest -q tests

@@ -6,6 +6,8 @@ setup(
     version="0.1.0",
     description="JAX/Flax objectives, models and training for LLM alignment research.",
     packages=find_packages(include=["alignment", "alignment.*"]),
+    # the tiny pretrained bases the default experiment starts from (safetensors + tokenizer)
+    package_data={"alignment": ["assets/bases/*/*"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10",

@@ -112,7 +112,9 @@ def export_hf(graphdef, params, path: str, *, tokenizer=None) -> None:
     path = os.path.abspath(path)
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    models.save_pretrained(models.merge(graphdef, jax.device_get(params)), tmp)
+    # pad_token_id: a *ForSequenceClassification export (reward model) needs it to pool padded rows
+    models.save_pretrained(models.merge(graphdef, jax.device_get(params)), tmp,
+                           pad_token_id=None if tokenizer is None else tokenizer.pad_id)
     if tokenizer is not None:
         tokenizer.save(tmp)
     shutil.rmtree(path, ignore_errors=True)

@@ -11,6 +11,7 @@ pure dict of parameters; the step merges them back inside the jitted function.
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
 import time
@@ -31,6 +32,12 @@ from alignment.learners.validation import KINDS, check_mesh_batch, validate_conf
 from alignment.types import TrainState
 
 log = logging.getLogger(__name__)
+# config.kind -> "module:function(config, workdir)" for kinds that run their own host loop; the
+# offline kinds (KINDS) run the loop below
+PIPELINES = {
+    "online": "alignment.learners.online:train_online",
+    "rso": "alignment.learners.rso:train_rso",
+}
 LossFn = Callable[[Any, Any, Mapping[str, jax.Array]], tuple[jax.Array, jax.Array, dict]]
 
 
@@ -40,19 +47,23 @@ def model_config(config, vocab_size: int):
     """The `ModelConfig` of `config.model` (a preset plus the engine's dtype/layout switches)."""
     from alignment import models
     m = config.model
+    # a reward model is a sequence classifier: one-label score head, no LM head
+    head = dict(num_labels=1, has_lm_head=False) if config.kind == "reward_model" else {}
     return models.get_preset(m.preset, vocab_size=vocab_size, dtype=m.dtype, param_dtype=m.param_dtype,
-                             scan_layers=m.scan_layers, remat_policy=m.remat_policy)
+                             scan_layers=m.scan_layers, remat_policy=m.remat_policy, **head)
 
 
-def make_logprob_fn(graphdef, chunk_size: int) -> Callable:
+def make_logprob_fn(graphdef, chunk_size: int, remat: bool = True) -> Callable:
     """`logprob_fn(params, input_ids, attention_mask, loss_mask, *, segment_ids, positions)`:
-    per-token float32 log-probs `[B, T]` of the model `graphdef` under the pure dict `params`."""
+    per-token float32 log-probs `[B, T]` of the model `graphdef` under the pure dict `params`,
+    computed `chunk_size` positions at a time (`remat`: recompute each chunk's logits in the
+    backward pass rather than keep them; see `models.logprobs.token_logprobs`)."""
     from alignment.models.logprobs import model_logprobs
 
     def logprob_fn(params, input_ids, attention_mask, loss_mask, *, segment_ids=None, positions=None):
         model = nnx.merge(graphdef, params)
         return model_logprobs(model, input_ids, attention_mask, loss_mask, segment_ids=segment_ids,
-                              positions=positions, chunk_size=chunk_size)
+                              positions=positions, chunk_size=chunk_size, remat=remat)
     return logprob_fn
 
 
@@ -85,16 +96,17 @@ def init_params(model_cfg, mesh, seed: int):
     return graphdef, init(), shardings
 
 
-def load_params(path: str, model_cfg_dict, mesh):
+def load_params(path: str, model_cfg_dict, mesh, *, num_labels: int | None = None):
     """Parameters of a Hugging Face folder, placed with the rule-table shardings.
 
     `model_cfg_dict` is `config.model`: the folder fixes the architecture; the config still sets
-    the parameter dtype (master weights), the compute dtype and the layout switches. Returns
+    the parameter dtype (master weights), the compute dtype and the layout switches. `num_labels`
+    loads it as a sequence classifier (see `models.from_pretrained`). Returns
     `(graphdef, params, shardings, model_config)`."""
     from alignment import models
     m = model_cfg_dict
     model = models.from_pretrained(path, dtype=m.param_dtype, mesh=mesh, scan_layers=m.scan_layers,
-                                   remat_policy=m.remat_policy)
+                                   remat_policy=m.remat_policy, num_labels=num_labels)
     # from_pretrained sets one dtype for both; the compute dtype only lives in the graph
     model_cfg = model.config.replace(dtype=m.dtype)
     _, state, rest = nnx.split(model, nnx.Param, ...)
@@ -223,11 +235,17 @@ def evaluate(eval_step, state, batches) -> dict[str, float]:
     return result
 
 
-def make_loss_fn(config, logprob_fn) -> LossFn:
-    """The learner for `config.kind` bound to `config.loss` / `config.loss_kwargs`."""
+def make_loss_fn(config, logprob_fn, *, score_fn=None) -> LossFn:
+    """The learner for `config.kind` bound to `config.loss` / `config.loss_kwargs`
+    (`score_fn`, from `models.make_score_fn`, for kind reward_model)."""
     from alignment import losses
     loss = losses.get(config.loss)
     kwargs = config.loss_kwargs.to_dict()
+    if config.kind == "reward_model":
+        from alignment.learners import reward_model
+        if score_fn is None:
+            raise ValueError("kind='reward_model' needs score_fn (alignment.models.make_score_fn(graphdef))")
+        return lambda p, ref, b: reward_model.reward_model_loss(score_fn, p, b, loss_fn=loss, loss_kwargs=kwargs)
     if config.kind == "sft":
         return lambda p, ref, b: offline.sft_loss(logprob_fn, p, b, loss_fn=loss, loss_kwargs=kwargs,
                                                   ref_params=ref)
@@ -285,7 +303,9 @@ class _ReferenceCache:
         if keys is not None and all(k in self.table for k in keys):
             rc = np.asarray([self.table[k][0] for k in keys], np.float32)
             rr = np.asarray([self.table[k][1] for k in keys], np.float32)
-            extra = to_global({"reference_chosen_logps": rc, "reference_rejected_logps": rr}, shardings)
+            extra = {"reference_chosen_logps": rc, "reference_rejected_logps": rr}
+            mesh = next(iter(shardings.values())).mesh  # `shardings` has no entry for the new fields
+            extra = to_global(extra, batch_shardings_for(extra, mesh))
         else:
             rc, rr = self.ref_fn(self.ref_params, {k: batch[k] for k in offline.PREF_FIELDS})
             extra = {"reference_chosen_logps": rc, "reference_rejected_logps": rr}
@@ -302,7 +322,7 @@ def load_eval_batches(config, tokenizer, mesh, process_index: int, process_count
     `prepare(batch_np) -> (global batch, shardings)` places them like train batches."""
     from alignment import data as data_lib
     size = config.global_batch_size // config.grad_accum_steps
-    iterator = data_lib.make_iterator(config.data, tokenizer, kind=config.kind, split="eval",
+    iterator = data_lib.make_iterator(config.data, tokenizer, kind=config.data.kind, split="eval",
                                       global_batch_size=size, seed=config.data.seed,
                                       process_index=process_index, process_count=process_count)
     if config.eval_batches * size > iterator.num_examples:
@@ -319,14 +339,19 @@ def run_record(config, workdir: str, reference: str) -> dict[str, Any]:
             "policy": os.path.join(workdir, "hf") if config.export_hf else "", "config": config.to_dict()}
 
 
-def train(config, workdir: str) -> TrainState:
+def train(config, workdir: str, *, extra_metrics: Mapping[str, float] | None = None) -> TrainState:
     """Runs (or resumes) `config` in `workdir`; returns the final state. See module docstring.
 
     Writes `WORKDIR/run.json` up front; with `export_hf`, the final policy goes to `WORKDIR/hf`
     and, for a random init, the initial weights (the reference) to `WORKDIR/reference_hf`, both
     with the tokenizer's files. Every `eval_every_steps` steps (and at the last step) the loss
     on fixed held-out batches is logged as `eval_loss` / `eval_<metric>` on that step's line.
+    `extra_metrics` (host floats) are added to every logged line: constants of the run that a
+    pipeline computed before training, e.g. the reward of the pairs RSO generated.
     """
+    if config.kind in PIPELINES:  # a kind with its own host loop (online RL, generate-then-train)
+        module, fn = PIPELINES[config.kind].split(":")
+        return getattr(importlib.import_module(module), fn)(config, workdir)
     validate_config(config)
     init_distributed(config)
     workdir = os.path.abspath(workdir)
@@ -338,7 +363,8 @@ def train(config, workdir: str) -> TrainState:
 
     # --- model, optimizer, state (fresh or restored)
     if config.model.init_from:
-        graphdef, params, shardings, model_cfg = load_params(config.model.init_from, config.model, mesh)
+        graphdef, params, shardings, model_cfg = load_params(
+            config.model.init_from, config.model, mesh, num_labels=1 if config.kind == "reward_model" else None)
         reference = os.path.abspath(config.model.init_from)
     else:
         model_cfg = model_config(config, tokenizer.vocab_size)
@@ -361,7 +387,7 @@ def train(config, workdir: str) -> TrainState:
     in_step_ref = uses_ref and config.reference.mode == "in_step"
     state, st_shardings = create_train_state(params, shardings, tx, mesh, seed=config.seed,
                                              with_reference=in_step_ref)
-    logprob_fn = make_logprob_fn(graphdef, config.model.logprob_chunk_size)
+    logprob_fn = make_logprob_fn(graphdef, config.model.logprob_chunk_size, config.model.logprob_remat)
     ref_cache = None
     if config.kind == "preference" and config.reference.mode == "precomputed" and uses_ref:
         ref_params = jax.tree.map(jnp.copy, params)
@@ -382,7 +408,7 @@ def train(config, workdir: str) -> TrainState:
                                          every_steps=config.checkpoint_every_steps,
                                          keep=config.keep_checkpoints, async_save=config.checkpoint_async)
     from alignment import data as data_lib
-    iterator = data_lib.make_iterator(config.data, tokenizer, kind=config.kind, split="train",
+    iterator = data_lib.make_iterator(config.data, tokenizer, kind=config.data.kind, split="train",
                                       global_batch_size=config.global_batch_size, seed=config.data.seed,
                                       process_index=pi, process_count=pc)
     latest = checkpointer.latest_step()
@@ -399,7 +425,9 @@ def train(config, workdir: str) -> TrainState:
     writer = metrics_lib.MetricsWriter(workdir, total_steps=config.num_train_steps, start_step=start,
                                        enabled=pi == 0, tensorboard=config.tensorboard,
                                        progress=None if config.progress_bar else False)
-    loss_fn = make_loss_fn(config, logprob_fn)
+    from alignment import models
+    score_fn = models.make_score_fn(graphdef) if config.kind == "reward_model" else None
+    loss_fn = make_loss_fn(config, logprob_fn, score_fn=score_fn)
     train_step = eval_step = None
     eval_batches = None
     pending = None  # (step, device metrics, host tokens, host eval metrics) of the step launched last
@@ -416,6 +444,7 @@ def train(config, workdir: str) -> TrainState:
         pending = None
         m = metrics_lib.to_host(m_dev)
         m.update(m_eval)
+        m.update(extra_metrics or {})
         metrics_lib.check_finite(m, step_no)
         dt = now - last[0]
         last[0] = now

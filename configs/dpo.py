@@ -12,23 +12,13 @@ step, or computed once per example outside it and cached).
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _sft_module():
-    # config files are loaded by path (config_flags), so the shared base is loaded by path too
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sft.py")
-    spec = importlib.util.spec_from_file_location("_alignment_configs_sft", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from alignment.config_files import sibling
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    sft = _sft_module()
+    sft = sibling(__file__, "sft")
     args = sft.parse_arg(arg, {"tiny": False, "loss": "dpo", "reference": "in_step"})
     config = sft.base_config("preference", args)
     config.reference.mode = str(args["reference"])

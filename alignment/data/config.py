@@ -9,7 +9,7 @@ from __future__ import annotations
 import ml_collections
 
 KINDS = ("sft", "preference")
-SOURCES = ("synthetic", "tfds", "jsonl", "parquet")
+SOURCES = ("synthetic", "tfds", "jsonl", "parquet", "task")
 FORMATS = ("auto", "plain", "conversational")
 PROMPT_TRUNCATION = ("keep_end", "keep_start")
 TRUNCATION = ("truncate_response", "drop")
@@ -72,6 +72,15 @@ def default_data_config(kind: str) -> ml_collections.ConfigDict:
       "max_items": 6,
       "max_value": 9,
   })
+  # source "task": rows drawn from an embedded task (alignment.data.task_pairs): demonstrations
+  # (sft) or gold-labelled pairs (preference); held-out splits always carry gold labels
+  c.task_source = ml_collections.ConfigDict({
+      "name": "",  # alignment.tasks.available(), e.g. "sentiment"
+      "num_examples": 2048,  # rows of the train split
+      "num_eval_examples": 256,  # rows of any other split
+      "seed": 0,
+      "label_temperature": 0.0,  # > 0: noisy Bradley-Terry labels on the train split
+  })
   return c
 
 
@@ -106,6 +115,16 @@ def check_data_config(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError("data config: packing_open_bins must be >= 1")
   if cfg.source == "tfds" and not cfg.builder:
     raise ValueError("data config: source='tfds' needs data.builder (e.g. 'alignment_hh_rlhf')")
+  if cfg.source == "task":
+    from alignment import tasks
+    t = cfg.task_source
+    if t.name not in tasks.available():
+      raise ValueError(f"data config: source='task' needs task_source.name, one of {tasks.available()}; "
+                       f"got {t.name!r}")
+    if t.num_examples < 1 or t.num_eval_examples < 1:
+      raise ValueError("data config: task_source needs num_examples >= 1 and num_eval_examples >= 1")
+    if t.label_temperature < 0:
+      raise ValueError(f"data config: task_source.label_temperature must be >= 0, got {t.label_temperature}")
   if cfg.max_rows < 0:
     raise ValueError("data config: max_rows must be >= 0")
   s = cfg.synthetic

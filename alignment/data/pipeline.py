@@ -59,6 +59,20 @@ def load_records(cfg, *, kind: str, split: str,
         out.append((name, i, rec))
       if cfg.max_rows and report.rows_read >= cfg.max_rows:
         break
+  elif cfg.source == "task":
+    from alignment.data.task_pairs import task_rows
+    t = cfg.task_source
+    rows = task_rows(t.name, kind=kind, split=src_split, seed=t.seed, label_temperature=t.label_temperature,
+                     n=t.num_examples if src_split == "train" else t.num_eval_examples)
+    name = f"task:{t.name}:{src_split}"
+    for i, row in enumerate(rows):
+      report.rows_read += 1
+      rec = records_lib.normalize(row, kind=kind, fields={k: k for k in cfg.fields.keys()}, fmt="plain",
+                                  report=report, source=name, row=i)
+      if rec is not None:
+        out.append((name, i, rec))
+      if cfg.max_rows and report.rows_read >= cfg.max_rows:
+        break
   elif cfg.source in ("jsonl", "parquet"):
     if src_split not in cfg.files or not cfg.files[src_split]:
       raise ValueError(f"data.files has no file pattern for split {src_split!r} "

@@ -186,4 +186,9 @@ def preference_loss(logprob_fn: LogprobFn, params, batch: Mapping[str, jax.Array
     out = _scalar_metrics(metrics)
     out.setdefault("logps_chosen", jnp.mean(pc))
     out.setdefault("logps_rejected", jnp.mean(pr))
+    if "reference_chosen_logps" in available and not token_level:
+        # mean sequence log pi/ref over the batch's responses: KL(pi || ref) when they are drawn
+        # from pi, a cheap drift gauge for offline pairs (exact sampled KL: evaluate_policy)
+        out.setdefault("kl", 0.5 * (jnp.mean(pc - available["reference_chosen_logps"])
+                                    + jnp.mean(pr - available["reference_rejected_logps"])))
     return loss, jnp.asarray(pc.shape[0], jnp.float32), out

@@ -10,7 +10,9 @@ from __future__ import annotations
 from alignment import optim
 from alignment.learners.offline import REFERENCE_MODES, check_supported, loss_parameters, needs_reference
 
-KINDS = ("sft", "preference")
+KINDS = ("sft", "preference", "reward_model")
+# the data kind each learner reads (a reward model trains on preference pairs)
+DATA_KINDS = {"sft": "sft", "preference": "preference", "reward_model": "preference"}
 
 
 def validate_config(config) -> None:
@@ -29,11 +31,16 @@ def validate_config(config) -> None:
     if family is None:
         raise ValueError(f"config.loss={config.loss!r} is not a registered loss; "
                          f"available: {sorted(losses.available())}")
-    want = {"sft": ("supervised",), "preference": ("preference", "token_preference")}[config.kind]
+    want = {"sft": ("supervised",), "preference": ("preference", "token_preference"),
+            "reward_model": ("reward_model",)}[config.kind]
     if family not in want:
         raise ValueError(f"config.loss={config.loss!r} is a {family} loss; kind={config.kind!r} needs {want}")
     loss_fn = losses.get(config.loss)
-    check_supported(loss_fn, config.kind)
+    if config.kind == "reward_model":
+        from alignment.learners import reward_model
+        reward_model.check_supported(loss_fn)
+    else:
+        check_supported(loss_fn, config.kind)
     if needs_reference(loss_fn) and config.reference.mode == "precomputed" and (
             config.kind == "sft" or family == "token_preference"):
         raise ValueError(f"loss {config.loss!r} needs per-token reference log-probs: set reference.mode='in_step'")
@@ -58,8 +65,9 @@ def validate_config(config) -> None:
         from alignment import tasks
         if config.task not in tasks.available():
             raise ValueError(f"config.task={config.task!r} is not an embedded task; available: {tasks.available()}")
-    if config.data.kind != config.kind:
-        raise ValueError(f"config.data.kind={config.data.kind!r} differs from config.kind={config.kind!r}")
+    if config.data.kind != DATA_KINDS[config.kind]:
+        raise ValueError(f"config.data.kind={config.data.kind!r} but kind={config.kind!r} reads "
+                         f"{DATA_KINDS[config.kind]!r} data")
 
 
 def check_mesh_batch(config, mesh) -> None:

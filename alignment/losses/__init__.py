@@ -4,7 +4,8 @@ Every loss is keyword-only, never sees a model, computes in float32 and works un
 and `vmap`. Families: `preference` (sequence log-probs [B] of chosen/rejected pairs),
 `token_preference` (per-token [B, T] log-probs), `supervised` (per-token log-probs or
 logits of demonstrations) and `policy_gradient` (per-token log-probs of samples plus
-advantages). `available()` lists them; formulas and papers are in each docstring and in
+advantages) and `reward_model` (scores of chosen/rejected
+responses from a score head). `available()` lists them; formulas and papers are in each docstring and in
 docs/objectives.md.
 
 A new objective is one function decorated with `register(name, family)` in a module of
@@ -22,6 +23,7 @@ from alignment.losses import preference_extra  # noqa: F401
 from alignment.losses import token_level  # noqa: F401
 from alignment.losses import supervised  # noqa: F401
 from alignment.losses import policy_gradient  # noqa: F401
+from alignment.losses import reward  # noqa: F401
 from alignment.losses._registry import _LOSSES
 from alignment.losses.diagnostics import idealized_ranking_accuracy, ranking_accuracy
 from alignment.losses.kl import kl_estimate

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-FAMILIES = ("preference", "token_preference", "supervised", "policy_gradient")
+FAMILIES = ("preference", "token_preference", "supervised", "policy_gradient", "reward_model")
 
 _LOSSES: dict[str, tuple[str, Callable]] = {}
 

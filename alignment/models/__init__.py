@@ -7,6 +7,7 @@ importing flax itself.
 from flax import nnx as _nnx
 
 from alignment.models.config import PRESETS, ModelConfig, get_preset
+from alignment.models.heads import last_token_index, make_score_fn, make_value_fn, sequence_scores, token_values
 from alignment.models.transformer import Transformer, create_sharded
 
 
@@ -20,17 +21,22 @@ def merge(graphdef, state):
     return _nnx.merge(graphdef, state)
 
 
-def from_pretrained(path, *, dtype=None, mesh=None, **execution):
-    """Loads a Hugging Face folder (config.json + safetensors); see `alignment.models.hf`."""
+def from_pretrained(path, *, dtype=None, mesh=None, num_labels=None, **execution):
+    """Loads a Hugging Face folder (config.json + safetensors); see `alignment.models.hf`.
+
+    num_labels: None = as the folder says; an int > 0 loads a causal LM (or a classifier) as a
+    sequence classifier with that many labels (a fresh score head when the folder has none)."""
     from alignment.models import hf
-    return hf.from_pretrained(path, dtype=dtype, mesh=mesh, **execution)
+    return hf.from_pretrained(path, dtype=dtype, mesh=mesh, num_labels=num_labels, **execution)
 
 
 def save_pretrained(model, path, **kwargs):
-    """Writes a Hugging Face folder that `transformers.AutoModelForCausalLM` loads; see `hf`."""
+    """Writes a Hugging Face folder that `transformers.AutoModelForCausalLM` loads (a model with a
+    score head and no LM head: `AutoModelForSequenceClassification`); see `hf`."""
     from alignment.models import hf
     return hf.save_pretrained(model, path, **kwargs)
 
 
 __all__ = ["ModelConfig", "Transformer", "get_preset", "PRESETS", "from_pretrained", "save_pretrained",
-           "split", "merge", "create_sharded"]
+           "split", "merge", "create_sharded", "sequence_scores", "token_values", "last_token_index",
+           "make_score_fn", "make_value_fn"]

@@ -65,6 +65,11 @@ class ModelConfig:
     embed_scale: bool = False         # Gemma: multiply token embeddings by sqrt(d_model)
     tie_embeddings: bool = False
     final_logit_softcap: float | None = None
+    # scalar heads: a `score` projection [D, num_labels] (reward model, value head); 0 = none.
+    # has_lm_head=False drops the LM head (a *ForSequenceClassification model); a tied embedding
+    # still gives logits then
+    num_labels: int = 0
+    has_lm_head: bool = True
     # execution
     dtype: str = "float32"            # compute dtype
     param_dtype: str = "float32"
@@ -87,6 +92,10 @@ class ModelConfig:
                       "max_seq_len"):
             if not isinstance(getattr(self, field), int) or getattr(self, field) <= 0:
                 raise ValueError(f"ModelConfig.{field} must be a positive int, got {getattr(self, field)!r}")
+        if isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int) or self.num_labels < 0:
+            raise ValueError(f"ModelConfig.num_labels must be an int >= 0, got {self.num_labels!r}")
+        if not self.has_lm_head and self.num_labels == 0:
+            raise ValueError("ModelConfig.has_lm_head=False needs num_labels > 0 (a model with no head at all)")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"ModelConfig.n_heads={self.n_heads} must be a multiple of "
                              f"n_kv_heads={self.n_kv_heads} (grouped-query attention)")
@@ -129,7 +138,8 @@ class ModelConfig:
         norm = d * (2 if self.norm_type == "layer" else 1)
         block = attn + mlp + norm * (4 if self.post_norms else 2)
         total = self.n_layers * block + self.vocab_size * d + norm
-        total += 0 if self.tie_embeddings else self.vocab_size * d
+        total += 0 if self.tie_embeddings or not self.has_lm_head else self.vocab_size * d
+        total += d * self.num_labels
         total += self.max_seq_len * d if self.position_embedding == "learned" else 0
         return total
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import pathlib
 from typing import Any, Callable
 
@@ -27,6 +26,11 @@ _LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                   "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
                   "gpt2": "GPT2LMHeadModel"}
+# Models with a score head and no LM head (reward models); `score.weight` is [num_labels, D].
+_CLASSIFIERS = {"llama": "LlamaForSequenceClassification", "mistral": "MistralForSequenceClassification",
+                "qwen2": "Qwen2ForSequenceClassification", "qwen3": "Qwen3ForSequenceClassification",
+                "gemma": "GemmaForSequenceClassification", "gemma2": "Gemma2ForSequenceClassification",
+                "gpt2": "GPT2ForSequenceClassification"}
 _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
                 "gelu_fast": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 _HF_ACTIVATION = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "relu": "relu"}
@@ -92,6 +96,22 @@ def _activation(d: dict, key: str, default: str, where: str, family: str) -> str
     return _ACTIVATIONS[name]
 
 
+def _head_fields(d: dict, where: str) -> dict:
+    """num_labels / has_lm_head: a *ForSequenceClassification architecture is a classifier."""
+    archs = d.get("architectures") or []
+    if not any(str(a).endswith("ForSequenceClassification") for a in archs):
+        return {}
+    if d.get("num_labels") is not None:
+        n = int(d["num_labels"])
+    elif d.get("id2label"):
+        n = len(d["id2label"])
+    else:
+        n = 2  # transformers' PretrainedConfig default
+    if n <= 0:
+        raise ValueError(f"{where}: num_labels={n} must be positive for {archs}")
+    return dict(num_labels=n, has_lm_head=False)
+
+
 def config_from_hf(d: dict, *, dtype=None, where: str = "config.json") -> ModelConfig:
     """`ModelConfig` from a Hugging Face config dict; unsupported fields raise naming the field."""
     family = d.get("model_type")
@@ -101,7 +121,7 @@ def config_from_hf(d: dict, *, dtype=None, where: str = "config.json") -> ModelC
     if d.get("use_bidirectional_attention"):
         raise ValueError(f"{where}: use_bidirectional_attention=True is not supported (causal LMs only)")
     dtype = "float32" if dtype is None else jnp.dtype(dtype).name
-    common = dict(family=family, dtype=dtype, param_dtype=dtype)
+    common = dict(family=family, dtype=dtype, param_dtype=dtype, **_head_fields(d, where))
     if family == "gpt2":
         if d.get("scale_attn_by_inverse_layer_idx"):
             raise ValueError(f"{where}: scale_attn_by_inverse_layer_idx=True is not supported")
@@ -190,9 +210,16 @@ def config_from_hf(d: dict, *, dtype=None, where: str = "config.json") -> ModelC
 def config_to_hf(cfg: ModelConfig) -> dict:
     """The Hugging Face config dict for `cfg`; raises if the family cannot express `cfg` exactly."""
     f = cfg.family
-    d: dict[str, Any] = {"model_type": f, "architectures": [_ARCHITECTURES[f]], "vocab_size": cfg.vocab_size,
+    if cfg.num_labels and cfg.has_lm_head:
+        raise ValueError("a model with both an LM head and a score head (num_labels > 0, has_lm_head=True) has "
+                         "no Hugging Face architecture; export the policy and the value/reward model separately")
+    arch = _CLASSIFIERS[f] if cfg.num_labels else _ARCHITECTURES[f]
+    d: dict[str, Any] = {"model_type": f, "architectures": [arch], "vocab_size": cfg.vocab_size,
                          "tie_word_embeddings": cfg.tie_embeddings, "dtype": cfg.param_dtype,
                          "torch_dtype": cfg.param_dtype}
+    if cfg.num_labels:
+        d.update(num_labels=cfg.num_labels, id2label={str(i): f"LABEL_{i}" for i in range(cfg.num_labels)},
+                 label2id={f"LABEL_{i}": i for i in range(cfg.num_labels)})
     if f == "gpt2":
         d.update(n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.d_ff,
                  n_positions=cfg.max_seq_len, layer_norm_epsilon=cfg.norm_eps,
@@ -274,8 +301,10 @@ def _layout(cfg: ModelConfig) -> tuple[list[_Entry], list[_Entry]]:
         glob = [_Entry(("embed",), p + "wte.weight", *ident), _Entry(("pos_embed",), p + "wpe.weight", *ident),
                 _Entry(("final_norm", "scale"), p + "ln_f.weight", *ident),
                 _Entry(("final_norm", "bias"), p + "ln_f.bias", *ident)]
-        if not cfg.tie_embeddings:
+        if not cfg.tie_embeddings and cfg.has_lm_head:
             glob.append(_Entry(("lm_head",), "lm_head.weight", *T))
+        if cfg.num_labels:
+            glob.append(_Entry(("score",), "score.weight", *T))
         lp = p + "h.{i}."
         conv_heads = (lambda x: x.reshape(d, n, h), lambda x: x.reshape(d, n * h))  # Conv1D is [in, out]
         layer = [_Entry(("attn_norm", "scale"), lp + "ln_1.weight", *ident),
@@ -297,8 +326,10 @@ def _layout(cfg: ModelConfig) -> tuple[list[_Entry], list[_Entry]]:
 
     glob = [_Entry(("embed",), "model.embed_tokens.weight", *ident),
             _Entry(("final_norm", "scale"), "model.norm.weight", *ident)]
-    if not cfg.tie_embeddings:
+    if not cfg.tie_embeddings and cfg.has_lm_head:
         glob.append(_Entry(("lm_head",), "lm_head.weight", *T))
+    if cfg.num_labels:
+        glob.append(_Entry(("score",), "score.weight", *T))
     lp = "model.layers.{i}."
     layer = [_Entry(("attn", "q"), lp + "self_attn.q_proj.weight", *heads_in(n)),
              _Entry(("attn", "k"), lp + "self_attn.k_proj.weight", *heads_in(k)),
@@ -391,11 +422,13 @@ def _expected_hf_shape(entry: _Entry, our_shape: tuple[int, ...]) -> tuple[int, 
     return shape[:-1] + (shape[-1] * entry.nparts,)
 
 
-def from_pretrained(path, *, dtype=None, mesh=None, **execution) -> Transformer:
+def from_pretrained(path, *, dtype=None, mesh=None, num_labels=None, **execution) -> Transformer:
     """Loads a Hugging Face folder; with `mesh`, every tensor goes straight onto its sharding.
 
     dtype: compute and parameter dtype (default float32). `execution` may set how the model runs
-    (scan_layers, remat_policy, attention_impl), never what it computes.
+    (scan_layers, remat_policy, attention_impl), never what it computes. `num_labels` > 0 loads
+    the folder as a sequence classifier (no LM head): a folder without `score.weight` (a causal
+    LM, to start a reward model from) gets a fresh head ~ N(0, init_std^2), seeded by 0.
     """
     from alignment.sharding import state_shardings
 
@@ -408,6 +441,8 @@ def from_pretrained(path, *, dtype=None, mesh=None, **execution) -> Transformer:
     if bad:
         raise TypeError(f"from_pretrained got unexpected keyword arguments {sorted(bad)}")
     cfg = cfg.replace(**execution)
+    if num_labels is not None:
+        cfg = cfg.replace(num_labels=int(num_labels), has_lm_head=False)
     ckpt = _Checkpoint(folder)
     abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     graphdef, abstract_state = nnx.split(abstract)
@@ -421,6 +456,9 @@ def from_pretrained(path, *, dtype=None, mesh=None, **execution) -> Transformer:
     def read(entry: _Entry, i: int | None, our_shape) -> np.ndarray:
         name = entry.hf.format(i=i)
         key = ckpt.resolve(name)
+        if key is None and entry.ours == ("score",) and num_labels is not None:
+            init = cfg.init_std * jax.random.normal(jax.random.PRNGKey(0), our_shape, jnp.float32)
+            return np.asarray(init).astype(np_dtype)
         if key is None:
             raise ValueError(f"{folder}: tensor {name!r} is missing from the checkpoint")
         used.add(key)
@@ -457,7 +495,7 @@ def from_pretrained(path, *, dtype=None, mesh=None, **execution) -> Transformer:
         return var.replace(value=value)
 
     state = nnx.map_state(load, abstract_state)
-    ignored = {ckpt.resolve("lm_head.weight")} if cfg.tie_embeddings else set()
+    ignored = {ckpt.resolve("lm_head.weight")} if cfg.tie_embeddings or not cfg.has_lm_head else set()
     unused = sorted(k for k in ckpt.location if k not in used and k not in ignored
                     and not k.endswith(_IGNORED_SUFFIXES))
     if unused:
@@ -467,12 +505,18 @@ def from_pretrained(path, *, dtype=None, mesh=None, **execution) -> Transformer:
 
 
 # ------------------------------------------------------------------------------------------ writing
-def save_pretrained(model: Transformer, path, *, max_shard_bytes: int = 4 * 2**30) -> None:
-    """Writes config.json + model.safetensors (sharded with an index past `max_shard_bytes`)."""
+def save_pretrained(model: Transformer, path, *, max_shard_bytes: int = 4 * 2**30,
+                    pad_token_id: int | None = None) -> None:
+    """Writes config.json + model.safetensors (sharded with an index past `max_shard_bytes`).
+
+    pad_token_id goes into config.json: transformers' *ForSequenceClassification needs it to
+    find the last non-pad token of a padded batch."""
     from safetensors.numpy import save_file
 
     cfg = model.config
     hf_config = config_to_hf(cfg)
+    if pad_token_id is not None:
+        hf_config["pad_token_id"] = int(pad_token_id)
     folder = pathlib.Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     glob, layer = _layout(cfg)

@@ -75,8 +75,10 @@ class Transformer(nnx.Module):
         else:
             self.layers = nnx.List([Block(cfg, rngs=nnx.Rngs(params=keys[i])) for i in range(cfg.n_layers)])
         self.final_norm = Norm(cfg.d_model, cfg)
-        if not cfg.tie_embeddings:
+        if not cfg.tie_embeddings and cfg.has_lm_head:
             self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg)
+        if cfg.num_labels:  # created last: the other parameters stay those of the LM with this seed
+            self.score = _param(rngs, (cfg.d_model, cfg.num_labels), ("embed", "value_head"), cfg)
 
     # ---------------------------------------------------------------- cache
     def init_cache(self, batch_size: int, max_len: int, dtype=None) -> dict:
@@ -90,6 +92,9 @@ class Transformer(nnx.Module):
     # ---------------------------------------------------------------- head
     def unembed_weight(self):
         """[D, V] output projection in the compute dtype (tied embedding transposed, or lm_head)."""
+        if not self.config.tie_embeddings and not self.config.has_lm_head:
+            raise ValueError("this model has no LM head (has_lm_head=False, e.g. a reward model): it gives "
+                             "scores (alignment.models.sequence_scores), not logits")
         w = self.embed[...].T if self.config.tie_embeddings else self.lm_head[...]
         return w.astype(dtype_of(self.config.dtype))
 
@@ -101,6 +106,13 @@ class Transformer(nnx.Module):
         if cap is not None:
             logits = jnp.tanh(logits / cap) * cap
         return logits
+
+    def scores(self, hidden_BxTxD):
+        """float32 `h W_score` [B, T, num_labels] from final normed hidden states (reward / value head)."""
+        if not self.config.num_labels:
+            raise ValueError("this model has no score head (ModelConfig.num_labels=0)")
+        return jnp.einsum("...d,dl->...l", hidden_BxTxD, self.score[...].astype(dtype_of(self.config.dtype)),
+                          preferred_element_type=jnp.float32)
 
     # ---------------------------------------------------------------- forward
     def __call__(self, input_ids_BxT, attention_mask_BxT=None, *, positions_BxT=None, segment_ids_BxT=None,

@@ -1,0 +1,50 @@
+"""Reward-model learner: preference pairs -> scalar scores -> a `reward_model`-family loss.
+
+The model is seen only as `score_fn(params, input_ids, attention_mask) -> [N]` float32, the
+score head at each row's last real token (`alignment.models.make_score_fn`); `alignment.train`
+builds it. Chosen and rejected run as one forward of 2B rows interleaved (c_0, r_0, c_1, ...)
+so a pair stays on the device that holds it. The batch is the engine's preference batch
+(`chosen_*` / `rejected_*` fields); an optional `margin` [B] field feeds the loss's `margins`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from alignment.learners.offline import _call_loss, _interleave, _require, _scalar_metrics, loss_parameters
+
+ScoreFn = Callable[..., jax.Array]
+RM_FIELDS = ("chosen_input_ids", "chosen_attention_mask", "rejected_input_ids", "rejected_attention_mask")
+RM_INPUTS = {"chosen_scores", "rejected_scores", "margins"}
+
+
+def check_supported(loss_fn: Callable) -> None:
+    """Fails early when a loss requires an input this learner cannot provide."""
+    _, required, _ = loss_parameters(loss_fn)
+    missing = required - RM_INPUTS
+    if missing:
+        raise ValueError(f"loss {loss_fn.__name__!r} requires {sorted(missing)}, which the reward-model learner "
+                         f"does not provide (it provides {sorted(RM_INPUTS)})")
+
+
+def pair_scores(score_fn: ScoreFn, params, batch: Mapping[str, jax.Array]):
+    """(chosen_scores [B], rejected_scores [B]) float32 from one forward of 2B rows."""
+    ids = _interleave(batch["chosen_input_ids"], batch["rejected_input_ids"])
+    attn = _interleave(batch["chosen_attention_mask"], batch["rejected_attention_mask"])
+    scores_Bx2 = score_fn(params, ids, attn).astype(jnp.float32).reshape(-1, 2)
+    return scores_Bx2[:, 0], scores_Bx2[:, 1]
+
+
+def reward_model_loss(score_fn: ScoreFn, params, batch: Mapping[str, jax.Array], *, loss_fn: Callable,
+                      loss_kwargs: Mapping[str, Any]):
+    """`(loss, weight = number of pairs, metrics)` of a reward-model loss on a batch of pairs."""
+    _require(batch, RM_FIELDS, "reward-model")
+    sc, sr = pair_scores(score_fn, params, batch)
+    available = {"chosen_scores": sc, "rejected_scores": sr}
+    if "margin" in batch:
+        available["margins"] = batch["margin"].astype(jnp.float32)
+    loss, metrics = _call_loss(loss_fn, available, loss_kwargs)
+    return loss, jnp.asarray(sc.shape[0], jnp.float32), _scalar_metrics(metrics)

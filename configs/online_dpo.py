@@ -1,0 +1,34 @@
+"""Online DPO: sample `group_size` responses per prompt from the current policy, pair the best
+and the worst, train with any preference loss against the frozen starting policy.
+
+    python -m experiments.train --config configs/online_dpo.py:tiny --workdir /tmp/odpo
+    python -m experiments.train --config configs/online_dpo.py:tiny,loss=ipo,label=implicit --workdir DIR
+
+Arg string: `tiny`, `task=<name>`, `loss=<preference loss>`, `label=reward|implicit`: pairs
+ranked by `config.reward` (the task's gold reward, a verifier, a reward model) or by the
+policy's implicit reward `implicit_beta * (log pi - log ref)` of each sample.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from alignment.config_files import sibling
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    ppo = sibling(__file__, "ppo")
+    args = sibling(__file__, "sft").parse_arg(
+        arg, {"tiny": False, "task": "sorting", "loss": "dpo", "label": "reward"})
+    c = ppo.online_config("online_dpo", args, str(args["loss"]))
+    c.online.label = str(args["label"])
+    c.online.num_prompts = 8 if args["tiny"] else 64  # one pair per prompt
+    c.online.group_size = 2 if args["tiny"] else 4
+    c.online.advantage = "group"  # unused by preference learners
+    c.online.kl_coef = 0.0
+    c.online.num_minibatches = 1
+    c.global_batch_size = c.online.num_prompts * c.online.group_size
+    if not args["tiny"]:
+        c.optim.learning_rate = 5e-7
+    c.lock()
+    return c

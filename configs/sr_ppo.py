@@ -1,0 +1,28 @@
+"""Self-Rewarding PPO: reward = sum_t log pi_sft(y_t) - log pi_base(y_t), given at EOS, then PPO
+with GAE from pi_sft and an optional KL penalty to pi_sft (methods.md section 4).
+
+    python -m experiments.train --config configs/sr_ppo.py:tiny --workdir /tmp/sr_ppo
+    python -m experiments.train --config configs/sr_ppo.py --workdir DIR \
+        --config.model.init_from=SFT_HF --config.reward.base_path=BASE_HF --config.tokenizer=SFT_HF
+
+pi_sft is the starting policy (`model.init_from`), so its log-probs are the reference forward
+the loop already runs; pi_base is `reward.base_path` (tiny: a random init with seed + 1).
+Arg string: `tiny`, `task=<name>` (prompts, and the gold reward reported as reward_mean).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from alignment.config_files import sibling
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    ppo = sibling(__file__, "ppo")
+    args = sibling(__file__, "sft").parse_arg(arg, {"tiny": False, "task": "sorting"})
+    c = ppo.online_config("sr_ppo", args, "ppo")
+    c.reward.kind = "log_ratio"
+    c.online.kl_coef = 0.05  # KL to pi_sft (the reference) in the reward; 0 turns it off
+    c.loss_kwargs.vf_coef = 0.1
+    c.lock()
+    return c

@@ -1,0 +1,272 @@
+"""The default experiment: tiny base -> SFT -> gold-labelled pairs from the SFT policy -> DPO -> evaluation.
+
+    python -m experiments.default --workdir runs/default [--seed N] [--quick] [--config.key=value ...]
+
+Stages (each reused when its output exists, so re-running is fast):
+  1. base      `alignment.pretrain.build_base(config.pretrain)`: the shipped base when the config
+               matches it, else the cache, else trained (BPE tokenizer + ~1M-parameter LM).
+  2. sft       WORKDIR/sft: `alignment.train.train` (kind "sft") on the task's demonstrations.
+  3. pairs     WORKDIR/pairs/train.jsonl: `samples_per_prompt` samples of the SFT policy for each
+               train prompt, scored by the task's gold reward; best vs worst makes a pair.
+  4. dpo       WORKDIR/dpo: `alignment.train.train` (kind "preference", DPO, SFT as reference).
+  5. evaluate  `alignment.evaluation.evaluate_policy` on held-out prompts: SFT against itself
+               (before: win rate 1/2, KL 0) and DPO against SFT (after).
+Writes WORKDIR/summary.json ({"before": {...}, "after": {...}, ...}), WORKDIR/eval_{before,after}.json,
+WORKDIR/frontier.png (gold reward vs KL) and prints a markdown before/after table.
+`python -m experiments.evaluate --workdir WORKDIR/dpo` re-evaluates the DPO run alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _CONFIG_PATH, "configs/default.py[:quick]", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/default", "output directory")
+_SEED = flags.DEFINE_integer("seed", None, "seed of SFT, pair sampling and DPO (overrides config.seed)")
+_QUICK = flags.DEFINE_bool("quick", False, "smoke run: the config's `quick` variant")
+
+log = logging.getLogger("alignment.default")
+SUMMARY_KEYS = ("gold_reward", "gold_reward_stderr", "win_rate", "kl", "kl_stderr", "reference_gold_reward",
+                "ranking_accuracy", "response_length", "truncated_fraction")
+
+
+def _write_json(obj, path):
+    from alignment.evaluation import write_json
+    return write_json(obj, path)
+
+
+def _check_workdir(config, workdir: str) -> None:
+    """A workdir belongs to one config: reusing stage outputs made with another would mix runs."""
+    path = os.path.join(workdir, "config.json")
+    current = json.loads(config.to_json_best_effort(sort_keys=True))
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        if previous != current:
+            diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+            raise ValueError(f"{workdir} holds a run of another config (differs in {diff}); use another "
+                             "--workdir or delete it")
+    else:
+        _write_json(current, path)
+
+
+def _demonstrations(config, task, path: str) -> None:
+    from alignment import pretrain
+    demos = task.demonstrations("train", config.sft_data.num_prompts, config.seed)
+    pretrain.write_jsonl([{"prompt": p, "completion": r} for p, r in demos], os.path.join(path, "train.jsonl"))
+    # held-out rows only feed the engine's optional eval loss
+    held = task.demonstrations("validation", min(64, config.sft_data.num_prompts), config.seed)
+    pretrain.write_jsonl([{"prompt": p, "completion": r} for p, r in held], os.path.join(path, "test.jsonl"))
+
+
+def _fill(stage, *, base: str, init_from: str, data_dir: str, seed: int):
+    c = stage.copy_and_resolve_references()
+    c.unlock()
+    c.seed = seed
+    c.data.seed = seed
+    c.tokenizer = base
+    c.model.init_from = init_from
+    c.data.files.train = os.path.join(data_dir, "train.jsonl")
+    c.data.files.test = os.path.join(data_dir, "test.jsonl")
+    c.lock()
+    return c
+
+
+def _train(stage_cfg, workdir: str) -> str:
+    from alignment import train as train_lib
+    hf = os.path.join(workdir, "hf")
+    if not os.path.isfile(os.path.join(hf, "config.json")):
+        train_lib.train(stage_cfg, workdir)
+    return hf
+
+
+def make_pairs(task, prompts, texts, rewards, *, samples_per_prompt: int, min_margin: float):
+    """(prompt, chosen, rejected) rows: per prompt, the highest- against the lowest-reward sample,
+    when their gold rewards differ by at least `min_margin` and both texts are non-empty."""
+    import numpy as np
+    k = samples_per_prompt
+    rows, dropped = [], 0
+    for i, prompt in enumerate(prompts):
+        r = np.asarray(rewards[i * k:(i + 1) * k], np.float64)
+        t = texts[i * k:(i + 1) * k]
+        ok = [j for j in range(k) if t[j].strip()]
+        if len(ok) < 2:
+            dropped += 1
+            continue
+        best = max(ok, key=lambda j: r[j])
+        worst = min(ok, key=lambda j: r[j])
+        if r[best] - r[worst] < min_margin or t[best] == t[worst]:
+            dropped += 1
+            continue
+        rows.append({"prompt": prompt, "chosen": t[best], "rejected": t[worst],
+                     "chosen_reward": float(r[best]), "rejected_reward": float(r[worst])})
+    return rows, dropped
+
+
+def _sample_pairs(config, task, tokenizer, sft_hf: str, out_dir: str) -> dict:
+    from alignment import models, pretrain
+    from alignment.evaluation import harness
+    path = os.path.join(out_dir, "train.jsonl")
+    stats_path = os.path.join(out_dir, "stats.json")
+    if os.path.isfile(path) and os.path.isfile(stats_path):
+        with open(stats_path) as f:
+            return json.load(f)
+    p = config.pairs
+    prompts = task.prompts("train", p.num_prompts, config.seed + 1)  # not only the SFT prompts
+    policy = models.from_pretrained(sft_hf)
+    ids = harness.encode_prompts(tokenizer, prompts)
+    flat = [x for x in ids for _ in range(p.samples_per_prompt)]
+    tokens = harness.generate_all(policy, flat, max_new_tokens=p.max_new_tokens, temperature=p.temperature,
+                                  eos_id=tokenizer.eos_id, seed=config.seed, batch_size=p.batch_size)
+    texts = [harness.decode_response(tokenizer, harness.strip_eos(t, tokenizer.eos_id)[0])[0] for t in tokens]
+    flat_prompts = [q for q in prompts for _ in range(p.samples_per_prompt)]
+    rewards = task.gold_rewards(flat_prompts, texts)
+    rows, dropped = make_pairs(task, prompts, texts, rewards, samples_per_prompt=p.samples_per_prompt,
+                               min_margin=p.min_margin)
+    if not rows:
+        raise ValueError(f"pairs: none of the {len(prompts)} prompts gave two samples whose gold rewards differ "
+                         f"by >= pairs.min_margin={p.min_margin}; sample more (pairs.samples_per_prompt)")
+    n_test = max(1, len(rows) // 16)
+    pretrain.write_jsonl(rows[n_test:] if len(rows) > n_test else rows, path + ".tmp")
+    pretrain.write_jsonl(rows[:n_test], os.path.join(out_dir, "test.jsonl"))
+    stats = {"prompts": len(prompts), "pairs": len(rows), "dropped": dropped,
+             "sample_gold_reward": float(rewards.mean()),
+             "chosen_gold_reward": float(sum(r["chosen_reward"] for r in rows) / len(rows)),
+             "rejected_gold_reward": float(sum(r["rejected_reward"] for r in rows) / len(rows))}
+    _write_json(stats, stats_path)
+    os.replace(path + ".tmp", path)
+    return stats
+
+
+def _evaluate(config, task, tokenizer, policy_hf: str, reference_hf: str, path: str) -> dict:
+    from alignment import evaluation, models
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    e = config.eval
+    policy = models.from_pretrained(policy_hf)
+    reference = policy if policy_hf == reference_hf else models.from_pretrained(reference_hf)
+    result = evaluation.evaluate_policy(policy, reference, tokenizer, task, num_prompts=e.num_prompts,
+                                        samples_per_prompt=e.samples_per_prompt, max_new_tokens=e.max_new_tokens,
+                                        temperature=e.temperature, seed=e.seed, split=e.split,
+                                        batch_size=e.batch_size)
+    result.update(policy=policy_hf, reference=reference_hf)
+    _write_json(result, path)
+    return result
+
+
+def run(config, workdir: str) -> dict:
+    """Runs (or finishes) the default experiment in `workdir`; returns the summary."""
+    from alignment import evaluation, pretrain, tasks
+    from alignment.tokenizer import Tokenizer
+    if config.task not in tasks.available():
+        raise ValueError(f"config.task={config.task!r} is not an embedded task; valid: {tasks.available()}")
+    if config.pretrain.task != config.task:
+        raise ValueError(f"config.pretrain.task={config.pretrain.task!r} differs from config.task={config.task!r}")
+    e, p = config.eval, config.pairs
+    for name, value in (("eval.num_prompts", e.num_prompts), ("eval.samples_per_prompt", e.samples_per_prompt),
+                        ("pairs.num_prompts", p.num_prompts), ("sft_data.num_prompts", config.sft_data.num_prompts)):
+        if value < 1:  # fail before anything trains
+            raise ValueError(f"config.{name}={value}: the default experiment needs at least one")
+    if p.samples_per_prompt < 2:
+        raise ValueError(f"config.pairs.samples_per_prompt={p.samples_per_prompt}: a pair needs two samples")
+    task = pretrain.get_task(config.pretrain)
+    task.prompts(e.split, e.num_prompts, e.seed)  # the evaluation set exists (else the task says why)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    _check_workdir(config, workdir)
+    timings = {}
+
+    t0 = time.perf_counter()
+    how = pretrain.resolve_base(config.pretrain)[1]  # "shipped", "cache" or "train"
+    base = str(pretrain.build_base(config.pretrain))
+    timings["base_s"] = time.perf_counter() - t0
+    tokenizer = Tokenizer.from_pretrained(base)
+
+    t0 = time.perf_counter()
+    sft_data = os.path.join(workdir, "sft_data")
+    if not os.path.isfile(os.path.join(sft_data, "test.jsonl")):
+        _demonstrations(config, task, sft_data)
+    sft_hf = _train(_fill(config.sft, base=base, init_from=base, data_dir=sft_data, seed=config.seed),
+                    os.path.join(workdir, "sft"))
+    timings["sft_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    pair_stats = _sample_pairs(config, task, tokenizer, sft_hf, os.path.join(workdir, "pairs"))
+    timings["pairs_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    dpo_hf = _train(_fill(config.dpo, base=base, init_from=sft_hf, data_dir=os.path.join(workdir, "pairs"),
+                          seed=config.seed), os.path.join(workdir, "dpo"))
+    timings["dpo_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    before = _evaluate(config, task, tokenizer, sft_hf, sft_hf, os.path.join(workdir, "eval_before.json"))
+    after = _evaluate(config, task, tokenizer, dpo_hf, sft_hf, os.path.join(workdir, "eval_after.json"))
+    timings["eval_s"] = time.perf_counter() - t0
+
+    points = [{"kl": before["kl"], "gold_reward": before["gold_reward"], "label": "SFT", "series": "dpo",
+               "gold_reward_stderr": before["gold_reward_stderr"]},
+              {"kl": after["kl"], "gold_reward": after["gold_reward"], "label": "DPO", "series": "dpo",
+               "gold_reward_stderr": after["gold_reward_stderr"], "kl_stderr": after["kl_stderr"]}]
+    plot = evaluation.frontier_plot(points, os.path.join(workdir, "frontier.png"),
+                                    title=f"{config.task}: gold reward vs KL(policy || SFT)")
+    summary = {
+        "task": config.task, "seed": config.seed, "workdir": workdir,
+        "before": {k: before[k] for k in SUMMARY_KEYS if k in before},
+        "after": {k: after[k] for k in SUMMARY_KEYS if k in after},
+        "pairs": pair_stats, "base": {"source": how, **pretrain.describe(base)},
+        "policies": {"sft": sft_hf, "dpo": dpo_hf}, "frontier_plot": plot,
+        "timings_s": timings,
+    }
+    _write_json(summary, os.path.join(workdir, "summary.json"))
+    return summary
+
+
+def _load_config_file():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_alignment_configs_default", _CONFIG_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def table(summary) -> str:
+    from alignment.evaluation import markdown_table
+    return markdown_table({"before (SFT)": summary["before"], "after (DPO)": summary["after"]})
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.getLogger("alignment").setLevel(logging.INFO)
+    config = _CONFIG.value
+    if _QUICK.value:  # shorthand for --config configs/default.py:quick
+        default_cfg = _load_config_file()
+        if config.to_dict() != default_cfg.get_config().to_dict():
+            raise app.UsageError("--quick replaces the config: pass --config configs/default.py:quick "
+                                 "(with any --config.* overrides) instead of combining them")
+        config = default_cfg.get_config("quick")
+    if _SEED.value is not None:
+        config = config.copy_and_resolve_references()
+        config.unlock()
+        config.seed = _SEED.value
+        config.lock()
+    t0 = time.perf_counter()
+    summary = run(config, _WORKDIR.value)
+    print(f"\n{config.task}, seed {config.seed}: {summary['pairs']['pairs']} DPO pairs, "
+          f"base from {summary['base']['source']}, {time.perf_counter() - t0:.0f} s\n")
+    print(table(summary))
+    print(f"summary: {os.path.join(summary['workdir'], 'summary.json')}\nplot:    {summary['frontier_plot']}")
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))
