@@ -19,5 +19,6 @@ install-test: $(BIN)/python
 run: install
 	$(BIN)/python -m experiments.default --workdir runs/default
 
+# two workers (one per core), a test file per worker so module fixtures are built once
 test: install-test
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
