@@ -247,7 +247,8 @@ def table(summary) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.getLogger("alignment").setLevel(logging.INFO)
+    from alignment.cli import setup_logging
+    setup_logging()
     config = _CONFIG.value
     if _QUICK.value:  # shorthand for --config configs/default.py:quick
         default_cfg = _load_config_file()

@@ -223,7 +223,7 @@ def main(argv=None) -> int:
         out["frontier"] = points
         out["frontier_png"] = evaluation.frontier_plot(points, os.path.join(workdir, "frontier.png"))
         md.append("# Frontier\n\n" + evaluation.markdown_table([{**p, "run": p["label"]} for p in points])
-                  + f"\n![gold reward vs KL](frontier.png)\n")
+                  + "\n![gold reward vs KL](frontier.png)\n")
     evaluation.write_json(out, os.path.join(workdir, "eval.json"))
     with open(os.path.join(workdir, "eval.md"), "w") as f:
         f.write("\n".join(md))

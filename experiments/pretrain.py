@@ -10,7 +10,6 @@ config, is reused; `--export DIR` also copies the base to DIR (how the shipped b
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import sys
@@ -26,7 +25,8 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.getLogger("alignment").setLevel(logging.INFO)
+    from alignment.cli import setup_logging
+    setup_logging()
     from alignment import pretrain
     path = pretrain.build_base(_CONFIG.value)
     if _EXPORT.value and os.path.abspath(_EXPORT.value) != os.path.abspath(path):

@@ -9,7 +9,6 @@ wrong type fail before anything is built.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from absl import app, flags
@@ -23,7 +22,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.getLogger("alignment").setLevel(logging.INFO)
+    from alignment.cli import setup_logging
+    setup_logging()
     from alignment import train as train_lib
     train_lib.train(_CONFIG.value, _WORKDIR.value)
 
