@@ -13,10 +13,14 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pathlib  # noqa: E402
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# test modules share helpers with `import engine_testlib` (one module object, so the reference
+# runs it caches are shared across test files)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 SHARED = REPO.parent / "shared"
 
 

@@ -1,5 +1,5 @@
-"""Helpers shared by the engine tests, loaded by path under one sys.modules name (see
-`_engine_testlib()` in the test files) so that cached runs are shared across test files."""
+"""Helpers shared by the engine tests (`import engine_testlib`; conftest.py puts tests/ on
+sys.path), one module object so that cached runs are shared across test files."""
 import os
 import pathlib
 import subprocess

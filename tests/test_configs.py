@@ -1,10 +1,11 @@
 """Training configs: arg strings, required keys, locking, typed overrides, early validation."""
-import importlib.util
 import pathlib
 import subprocess
 import sys
 
 import pytest
+
+from alignment import config_files
 from absl import flags
 from ml_collections import config_flags
 
@@ -15,10 +16,7 @@ CONFIGS = ["sft", "dpo"]
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(f"_cfg_{name}", REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return config_files.load_file(REPO / "configs" / f"{name}.py")
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -76,14 +74,8 @@ def test_flag_overrides_are_typed_and_unknown_keys_fail():
 
 def _with(config, **updates):
     config = config.copy_and_resolve_references()
-    with config.unlocked():
-        for key, value in updates.items():
-            node = config
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
-    return config
+    with config.unlocked():  # some cases add a key (e.g. loss_kwargs.beta to an sft config)
+        return config_files.override(config, updates)
 
 
 @pytest.mark.parametrize("updates, match", [

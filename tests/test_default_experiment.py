@@ -7,23 +7,13 @@ import pathlib
 
 import pytest
 
+from alignment import config_files
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(arg="quick", **overrides):
-    spec = importlib.util.spec_from_file_location("_test_configs_default", REPO / "configs" / "default.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(arg)
-    config.unlock()
-    for key, value in overrides.items():
-        node = config
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    config.lock()
-    return config
+    return config_files.get_config(REPO / "configs" / "default.py", arg, overrides)
 
 
 _MODULES = {}

@@ -3,22 +3,9 @@ match the single-process 8-device run of the same config."""
 import socket
 
 import numpy as np
-import pytest
 
 
-def _engine_testlib():
-    import importlib.util
-    import pathlib
-    import sys
-    if "_alignment_engine_testlib" not in sys.modules:
-        path = pathlib.Path(__file__).with_name("engine_testlib.py")
-        spec = importlib.util.spec_from_file_location("_alignment_engine_testlib", path)
-        sys.modules[spec.name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules["_alignment_engine_testlib"]
-
-
-lib = _engine_testlib()
+import engine_testlib as lib  # tests/ is on sys.path (conftest.py)
 STEPS = 40  # same as test_train_resume, so the cached reference run is shared
 
 

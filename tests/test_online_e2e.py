@@ -1,7 +1,6 @@
 """Each online config's `tiny` arg runs end to end through `alignment.train.train` (2 steps on the
 8 fake devices) and writes `reward_mean` and `kl` to metrics.jsonl; an interrupted run resumes
 to the same parameters as an uninterrupted one."""
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -10,6 +9,8 @@ import jax
 import numpy as np
 import pytest
 
+from alignment import config_files
+
 from alignment import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -17,21 +18,10 @@ CONTRACT_KEYS = ("reward_mean", "kl", "entropy", "response_length", "gen_tokens_
 
 
 def _config(name, arg, **online):
-    spec = importlib.util.spec_from_file_location(f"_online_e2e_cfg_{name}", REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config(arg)
-    c.unlock()
-    c.num_train_steps = 2
-    c.checkpoint_every_steps = 1
-    c.checkpoint_async = False
-    c.progress_bar = False
-    c.tensorboard = False
-    c.online.max_new_tokens = 8
-    c.online.ppo_epochs = 1
-    c.online.update(online)
-    c.lock()
-    return c
+    overrides = {"num_train_steps": 2, "checkpoint_every_steps": 1, "checkpoint_async": False,
+                 "progress_bar": False, "tensorboard": False, "online.max_new_tokens": 8, "online.ppo_epochs": 1,
+                 **{f"online.{k}": v for k, v in online.items()}}
+    return config_files.get_config(REPO / "configs" / f"{name}.py", arg, overrides)
 
 
 def _lines(workdir):

@@ -1,7 +1,6 @@
 """Online learners, unit level: sampler old log-probs == a fresh forward, a zero-advantage PPO
 update leaves the policy unchanged, clip-fraction / KL metrics on hand-made values, and the
 bad-input errors (group size, NaN reward, over-long prompt)."""
-import importlib.util
 import pathlib
 
 import jax
@@ -9,6 +8,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+
+from alignment import config_files
 
 from alignment import losses, optim, sharding
 from alignment import train as T
@@ -20,10 +21,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(name, arg="tiny"):
-    spec = importlib.util.spec_from_file_location(f"_online_cfg_{name}", REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return config_files.get_config(REPO / "configs" / f"{name}.py", arg)
 
 
 def _tiny_model(tok):

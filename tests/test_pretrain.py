@@ -1,34 +1,23 @@
 """Tiny task bases (alignment.pretrain): BPE tokenizer, determinism, cache reuse, shape checks,
 and the base shipped in alignment/assets/bases/."""
-import importlib.util
 import json
 import pathlib
 
 import numpy as np
 import pytest
 
+from alignment import config_files
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config_module(name):
-    spec = importlib.util.spec_from_file_location(f"_test_configs_{name}", REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return config_files.load_file(REPO / "configs" / f"{name}.py")
 
 
 def _tiny(cache_dir, **overrides):
-    config = _config_module("pretrain").get_config("sentiment,tiny")
-    config.unlock()
-    config.cache_dir = str(cache_dir)
-    for key, value in overrides.items():
-        node = config
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    config.lock()
-    return config
+    return config_files.override(_config_module("pretrain").get_config("sentiment,tiny"),
+                                 {"cache_dir": str(cache_dir), **overrides})
 
 
 def _tensors(folder):

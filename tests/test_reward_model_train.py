@@ -6,13 +6,14 @@ and its noisy Bradley-Terry labels.
 If the accuracy test fails after a change to the model, optimiser or data defaults, rerun
 `python -m experiments.train --config configs/reward_model.py:tiny` and look at eval_accuracy
 in metrics.jsonl before touching the threshold: tiny reaches ~0.9 by step 50."""
-import importlib.util
 import json
 import os
 import pathlib
 
 import numpy as np
 import pytest
+
+from alignment import config_files
 
 from alignment import rewards, tasks
 from alignment import train as T
@@ -23,21 +24,8 @@ STEPS = 50
 
 
 def _config(arg="tiny", **updates):
-    spec = importlib.util.spec_from_file_location("_cfg_reward_model", REPO / "configs" / "reward_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(arg)
-    with config.unlocked():
-        config.progress_bar = False
-        config.tensorboard = False
-        config.checkpoint_async = False
-        for key, value in updates.items():
-            node = config
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
-    return config
+    return config_files.get_config(REPO / "configs" / "reward_model.py", arg, {
+        "progress_bar": False, "tensorboard": False, "checkpoint_async": False, **updates})
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """configs/rso.py end to end through `alignment.train.train` (SFT stage -> sample -> score ->
 rejection-sample -> pair -> preference training), tiny sizes, in-process."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -9,21 +8,13 @@ import pathlib
 import numpy as np
 import pytest
 
+from alignment import config_files
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(arg="tiny", **updates):
-    spec = importlib.util.spec_from_file_location("_cfg_rso_test", REPO / "configs" / "rso.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config(arg)
-    for key, value in updates.items():
-        node = c
-        *path, leaf = key.split(".")
-        for p in path:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return config_files.get_config(REPO / "configs" / "rso.py", arg, updates)
 
 
 SMALL = {"rso.sft_steps": 2, "rso.sft_examples": 32, "rso.num_prompts": 8, "rso.num_eval_prompts": 2,

@@ -1,6 +1,5 @@
 """Rule table, params born sharded, and sharded steps equal to the one-device step."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -10,19 +9,7 @@ from alignment import train as T
 from alignment.learners import offline
 
 
-def _engine_testlib():
-    import importlib.util
-    import pathlib
-    import sys
-    if "_alignment_engine_testlib" not in sys.modules:
-        path = pathlib.Path(__file__).with_name("engine_testlib.py")
-        spec = importlib.util.spec_from_file_location("_alignment_engine_testlib", path)
-        sys.modules[spec.name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules["_alignment_engine_testlib"]
-
-
-lib = _engine_testlib()
+import engine_testlib as lib  # tests/ is on sys.path (conftest.py)
 
 
 def test_logical_to_spec_rules_and_divisibility_fallback():

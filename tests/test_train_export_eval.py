@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from alignment import config_files
 from flax import nnx
 
 from alignment import losses, models, optim, sharding
@@ -19,38 +21,13 @@ from alignment.learners import offline
 from alignment.tokenizer import Tokenizer, tiny_tokenizer
 
 
-def _engine_testlib():
-    import importlib.util
-    import pathlib
-    import sys
-    if "_alignment_engine_testlib" not in sys.modules:
-        path = pathlib.Path(__file__).with_name("engine_testlib.py")
-        spec = importlib.util.spec_from_file_location("_alignment_engine_testlib", path)
-        sys.modules[spec.name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules["_alignment_engine_testlib"]
-
-
-lib = _engine_testlib()
+import engine_testlib as lib  # tests/ is on sys.path (conftest.py)
 SFT_STEPS, EVAL_EVERY = 4, 3  # eval at step 3 (a multiple) and step 4 (the last step)
 
 
 def _config(name, arg="tiny", **updates):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(f"_cfg_{name}", lib.REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(arg)
-    with config.unlocked():
-        config.progress_bar = False
-        config.checkpoint_async = False
-        for key, value in updates.items():
-            node = config
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
-    return config
+    return config_files.get_config(lib.REPO / "configs" / f"{name}.py", arg, {
+        "progress_bar": False, "checkpoint_async": False, **updates})
 
 
 def _rows(workdir):

@@ -8,24 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from alignment import config_files
+
 from alignment import losses, metrics, optim, sharding
 from alignment import train as T
 from alignment.learners import offline
 
 
-def _engine_testlib():
-    import importlib.util
-    import pathlib
-    import sys
-    if "_alignment_engine_testlib" not in sys.modules:
-        path = pathlib.Path(__file__).with_name("engine_testlib.py")
-        spec = importlib.util.spec_from_file_location("_alignment_engine_testlib", path)
-        sys.modules[spec.name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules["_alignment_engine_testlib"]
-
-
-lib = _engine_testlib()
+import engine_testlib as lib  # tests/ is on sys.path (conftest.py)
 
 
 def _setup(mesh, with_reference=False):
@@ -98,11 +88,7 @@ def test_precomputed_reference_equals_in_step_and_reference_free_losses_skip_it(
 
 
 def _load_config(name, arg):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(f"_cfg_{name}", lib.REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return config_files.get_config(lib.REPO / "configs" / f"{name}.py", arg)
 
 
 # Golden first-step loss of configs/sft.py:tiny on 8 CPU devices (the loss before any update, so
