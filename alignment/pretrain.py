@@ -30,6 +30,8 @@ from typing import Any
 
 import ml_collections
 
+from alignment import data as data_lib
+
 log = logging.getLogger(__name__)
 
 ASSETS = pathlib.Path(__file__).resolve().parent / "assets" / "bases"
@@ -176,14 +178,6 @@ def train_tokenizer(texts, *, vocab_size: int, min_frequency: int):
     return Tokenizer(tok, config=config)
 
 
-def write_jsonl(rows, path) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return str(path)
-
-
 # ----------------------------------------------------------------------------- training
 
 def train_config(config, *, tokenizer_dir: str, init_dir: str, data_dir: str) -> ml_collections.ConfigDict:
@@ -227,8 +221,8 @@ def pretrain(config, out_dir) -> pathlib.Path:
         rows = [{"prompt": "", "completion": d} for d in docs]
         n_eval = max(1, min(config.corpus.eval_docs, len(rows) // 10))
         # held-out documents for the engine's eval loss; the last ones (demonstrations)
-        write_jsonl(rows, work / "data" / "train.jsonl")
-        write_jsonl(rows[-n_eval:], work / "data" / "test.jsonl")
+        data_lib.write_jsonl(rows, work / "data" / "train.jsonl")
+        data_lib.write_jsonl(rows[-n_eval:], work / "data" / "test.jsonl")
         t = train_config(config, tokenizer_dir=str(work / "tokenizer"), init_dir=str(work / "init"),
                          data_dir=str(work / "data"))
         train_lib.train(t, str(work / "run"))

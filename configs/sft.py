@@ -12,16 +12,8 @@ This file also holds `base_config(kind, args)`, the defaults shared by every tra
 
 from __future__ import annotations
 
-import inspect
 
 import ml_collections
-
-ARRAY_INPUTS = {
-    "policy_chosen_logps", "policy_rejected_logps", "reference_chosen_logps", "reference_rejected_logps",
-    "chosen_lengths", "rejected_lengths", "logps", "mask", "loss_mask", "token_logps",
-    "policy_chosen_token_logps", "policy_rejected_token_logps", "chosen_mask", "rejected_mask",
-}
-
 
 def parse_arg(arg: str | None, allowed: dict[str, object]) -> dict[str, object]:
     """'tiny,loss=ipo' -> {'tiny': True, 'loss': 'ipo'} over `allowed` (name -> default)."""
@@ -44,14 +36,7 @@ def loss_defaults(loss: str) -> ml_collections.ConfigDict:
     """The configurable knobs of `alignment.losses.get(loss)` with its own defaults (typed);
     knobs whose default is None are left out (set them in a config if a loss needs them)."""
     from alignment import losses
-    fn = losses.get(loss)
-    knobs = {}
-    for p in inspect.signature(fn).parameters.values():
-        if p.name in ARRAY_INPUTS or p.default is inspect.Parameter.empty or p.default is None:
-            continue
-        if isinstance(p.default, (bool, int, float, str)):
-            knobs[p.name] = p.default
-    return ml_collections.ConfigDict(knobs)
+    return ml_collections.ConfigDict(losses.defaults(loss))
 
 
 def base_config(kind: str, args: dict[str, object]) -> ml_collections.ConfigDict:

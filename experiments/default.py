@@ -59,12 +59,12 @@ def _check_workdir(config, workdir: str) -> None:
 
 
 def _demonstrations(config, task, path: str) -> None:
-    from alignment import pretrain
+    from alignment import data as data_lib
     demos = task.demonstrations("train", config.sft_data.num_prompts, config.seed)
-    pretrain.write_jsonl([{"prompt": p, "completion": r} for p, r in demos], os.path.join(path, "train.jsonl"))
+    data_lib.write_jsonl([{"prompt": p, "completion": r} for p, r in demos], os.path.join(path, "train.jsonl"))
     # held-out rows only feed the engine's optional eval loss
     held = task.demonstrations("validation", min(64, config.sft_data.num_prompts), config.seed)
-    pretrain.write_jsonl([{"prompt": p, "completion": r} for p, r in held], os.path.join(path, "test.jsonl"))
+    data_lib.write_jsonl([{"prompt": p, "completion": r} for p, r in held], os.path.join(path, "test.jsonl"))
 
 
 def _fill(stage, *, base: str, init_from: str, data_dir: str, seed: int):
@@ -112,7 +112,8 @@ def make_pairs(task, prompts, texts, rewards, *, samples_per_prompt: int, min_ma
 
 
 def _sample_pairs(config, task, tokenizer, sft_hf: str, out_dir: str) -> dict:
-    from alignment import models, pretrain
+    from alignment import data as data_lib
+    from alignment import models
     from alignment.evaluation import harness
     path = os.path.join(out_dir, "train.jsonl")
     stats_path = os.path.join(out_dir, "stats.json")
@@ -135,8 +136,8 @@ def _sample_pairs(config, task, tokenizer, sft_hf: str, out_dir: str) -> dict:
         raise ValueError(f"pairs: none of the {len(prompts)} prompts gave two samples whose gold rewards differ "
                          f"by >= pairs.min_margin={p.min_margin}; sample more (pairs.samples_per_prompt)")
     n_test = max(1, len(rows) // 16)
-    pretrain.write_jsonl(rows[n_test:] if len(rows) > n_test else rows, path + ".tmp")
-    pretrain.write_jsonl(rows[:n_test], os.path.join(out_dir, "test.jsonl"))
+    data_lib.write_jsonl(rows[n_test:] if len(rows) > n_test else rows, path + ".tmp")
+    data_lib.write_jsonl(rows[:n_test], os.path.join(out_dir, "test.jsonl"))
     stats = {"prompts": len(prompts), "pairs": len(rows), "dropped": dropped,
              "sample_gold_reward": float(rewards.mean()),
              "chosen_gold_reward": float(sum(r["chosen_reward"] for r in rows) / len(rows)),

@@ -8,7 +8,7 @@ in `alignment.data.builders` (imported on demand: it pulls in tensorflow_dataset
 
 from alignment.data.config import check_data_config, default_data_config
 from alignment.data.pipeline import DataIterator, load_examples, make_iterator
-from alignment.data.records import BadRowError, BadRowReport
+from alignment.data.records import BadRowError, BadRowReport, write_jsonl
 
 __all__ = [
     "BadRowError",
@@ -18,4 +18,5 @@ __all__ = [
     "default_data_config",
     "load_examples",
     "make_iterator",
+    "write_jsonl",
 ]

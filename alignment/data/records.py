@@ -171,6 +171,18 @@ def read_jsonl(path: str, report: BadRowReport) -> Iterator[tuple[int, dict]]:
       yield lineno, obj
 
 
+def write_jsonl(rows, path) -> str:
+    """Writes `rows` (dicts) one JSON object per line, atomically (a temporary file renamed into
+    place, so a re-run never reads a half-written file); returns the path."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(path + ".tmp", path)
+    return path
+
+
 def read_parquet(path: str, report: BadRowReport) -> Iterator[tuple[int, dict]]:
   """(row index from 0, row dict) per row of a parquet file, read in record batches."""
   import pyarrow.parquet as pq  # only parquet sources pay for pyarrow

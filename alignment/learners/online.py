@@ -37,6 +37,7 @@ from alignment import checkpoint as ckpt_lib
 from alignment import metrics as metrics_lib
 from alignment import optim, sharding
 from alignment.learners import pg, rollout
+from alignment.learners.validation import check_positive
 from alignment.rewards.base import RewardInputs
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,9 @@ def validate_online(config) -> None:
         raise ValueError(f"config.online.algorithm must be one of {ALGORITHMS}, got {o.algorithm!r}")
     if o.task not in tasks.available():
         raise ValueError(f"config.online.task={o.task!r} is not an embedded task; available: {tasks.available()}")
-    for key in ("num_prompts", "group_size", "max_prompt_len", "max_new_tokens", "ppo_epochs",
-                "num_minibatches", "prompt_pool"):
-        if int(o[key]) <= 0:
-            raise ValueError(f"config.online.{key} must be positive, got {o[key]}")
-    for key in ("num_train_steps", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps"):
-        if int(config[key]) <= 0:
-            raise ValueError(f"config.{key} must be positive, got {config[key]}")
+    check_positive(o, ("num_prompts", "group_size", "max_prompt_len", "max_new_tokens", "ppo_epochs",
+                       "num_minibatches", "prompt_pool"), prefix="config.online")
+    check_positive(config, ("num_train_steps", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps"))
     if o.prompt_pool < o.num_prompts:
         raise ValueError(f"config.online.prompt_pool={o.prompt_pool} < online.num_prompts={o.num_prompts}")
     family = losses.available().get(config.loss)

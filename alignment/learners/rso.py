@@ -34,8 +34,11 @@ import logging
 import os
 from typing import Optional
 
+import ml_collections
 import numpy as np
 
+from alignment import data as data_lib
+from alignment import losses
 from alignment.learners import pairs as pairs_lib
 
 log = logging.getLogger(__name__)
@@ -192,13 +195,12 @@ def preference_config(config, workdir: str, init_from: str):
 
 def sft_config(config, workdir: str):
     """The SFT stage's config (when no SFT policy is given): the task's demonstrations."""
-    from alignment import data as data_lib
     c = copy.deepcopy(config)
     c.unlock()
     c.kind, c.loss, c.seed = "sft", "sft", config.seed
     del c["rso"]
     del c["reward"]
-    c.loss_kwargs = _sft_loss_defaults()
+    c.loss_kwargs = ml_collections.ConfigDict(losses.defaults("sft"))
     c.reference.mode = "in_step"
     c.num_train_steps = int(config.rso.sft_steps)
     c.checkpoint_every_steps = c.num_train_steps  # a short stage: its exported policy is what counts
@@ -216,25 +218,7 @@ def sft_config(config, workdir: str):
     return c
 
 
-def _sft_loss_defaults():
-    import ml_collections
-    import inspect
-    from alignment import losses
-    knobs = {p.name: p.default for p in inspect.signature(losses.get("sft")).parameters.values()
-             if p.default is not inspect.Parameter.empty and isinstance(p.default, (bool, int, float, str))}
-    return ml_collections.ConfigDict(knobs)
-
-
 # ----------------------------------------------------------------------------- generation
-
-def _write_jsonl(path: str, rows) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)  # a re-run never sees a half-written file
-
 
 def make_pairs_for_split(config, policy, tokenizer, reward_fn, task, *, split: str, num_prompts: int,
                          seed: int) -> tuple[list[dict], dict]:
@@ -311,10 +295,9 @@ def _sft_policy(config, workdir: str) -> str:
         return hf
     task = tasks.get_task(config.task)
     demos = task.demonstrations("train", int(config.rso.sft_examples), config.seed)
-    _write_jsonl(os.path.join(out, "sft_data", "train.jsonl"),
-                 ({"prompt": p, "completion": c} for p, c in demos))
-    _write_jsonl(os.path.join(out, "sft_data", "test.jsonl"),
-                 ({"prompt": p, "completion": c} for p, c in task.demonstrations("validation", 16, config.seed)))
+    held = task.demonstrations("validation", 16, config.seed)
+    data_lib.write_jsonl(({"prompt": p, "completion": c} for p, c in demos), os.path.join(out, "sft_data", "train.jsonl"))
+    data_lib.write_jsonl(({"prompt": p, "completion": c} for p, c in held), os.path.join(out, "sft_data", "test.jsonl"))
     train_lib.train(sft_config(config, out), out)
     return hf
 
@@ -375,8 +358,8 @@ def train_rso(config, workdir: str):
                 num_prompts=config.rso.num_eval_prompts, seed=config.seed + 1)
             if not eval_rows:
                 raise ValueError(f"rso: no held-out pair survived ({stats['eval']}); set rso.num_eval_prompts=0")
-        _write_jsonl(os.path.join(workdir, DATA_DIR, "test.jsonl"), eval_rows)
-        _write_jsonl(train_file, rows)
+        data_lib.write_jsonl(eval_rows, os.path.join(workdir, DATA_DIR, "test.jsonl"))
+        data_lib.write_jsonl(rows, train_file)
         with open(stats_path + ".tmp", "w") as f:
             json.dump(stats, f, indent=1)
         os.replace(stats_path + ".tmp", stats_path)

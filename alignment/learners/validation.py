@@ -15,15 +15,20 @@ KINDS = ("sft", "preference", "reward_model")
 DATA_KINDS = {"sft": "sft", "preference": "preference", "reward_model": "preference"}
 
 
+def check_positive(config, keys, prefix: str = "config") -> None:
+    """Each of `config[key]` for `keys` is a positive integer; the error names `prefix.key`."""
+    for key in keys:
+        if int(config[key]) <= 0:
+            raise ValueError(f"{prefix}.{key} must be positive, got {config[key]}")
+
+
 def validate_config(config) -> None:
     """Raises ValueError naming the offending key(s); see the module docstring."""
     from alignment import losses
     if config.kind not in KINDS:
         raise ValueError(f"config.kind must be one of {KINDS}, got {config.kind!r}")
-    for key in ("num_train_steps", "checkpoint_every_steps", "keep_checkpoints", "global_batch_size",
-                "grad_accum_steps", "log_every_steps"):
-        if int(config[key]) <= 0:
-            raise ValueError(f"config.{key} must be positive, got {config[key]}")
+    check_positive(config, ("num_train_steps", "checkpoint_every_steps", "keep_checkpoints", "global_batch_size",
+                            "grad_accum_steps", "log_every_steps"))
     if config.reference.mode not in REFERENCE_MODES:
         raise ValueError(f"config.reference.mode must be one of {REFERENCE_MODES}, "
                          f"got {config.reference.mode!r}")

@@ -15,6 +15,7 @@ this package (import it below), or any function reachable as `"package.module:fu
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Callable
 
 from alignment.losses._registry import FAMILIES, register
@@ -30,7 +31,7 @@ from alignment.losses.kl import kl_estimate
 from alignment.losses.policy_gradient import aggregate, entropy_from_logits
 from alignment.losses.token_level import wpo_weights
 
-__all__ = ["get", "available", "family", "register", "FAMILIES", "kl_estimate", "aggregate",
+__all__ = ["get", "available", "defaults", "family", "register", "FAMILIES", "kl_estimate", "aggregate",
            "entropy_from_logits", "wpo_weights", "ranking_accuracy",
            "idealized_ranking_accuracy"]
 
@@ -68,6 +69,26 @@ def get(name: str) -> Callable:
     return fn
   raise ValueError(f"unknown loss {name!r}. Valid names are {_listing()} "
                    "(or 'package.module:function')")
+
+
+# arguments that carry the batch's arrays, never hyper-parameters (even where they default to a scalar)
+ARRAY_INPUTS = frozenset({
+    "policy_chosen_logps", "policy_rejected_logps", "reference_chosen_logps", "reference_rejected_logps",
+    "chosen_lengths", "rejected_lengths", "logps", "mask", "loss_mask", "token_logps",
+    "policy_chosen_token_logps", "policy_rejected_token_logps", "chosen_mask", "rejected_mask",
+})
+
+
+def defaults(name: str) -> dict[str, bool | int | float | str]:
+  """The scalar hyper-parameters of loss `name` with the loss's own defaults (what a config's
+  `loss_kwargs` starts from); arguments defaulting to None are left out."""
+  knobs = {}
+  for p in inspect.signature(get(name)).parameters.values():
+    if p.name in ARRAY_INPUTS or p.default is inspect.Parameter.empty or p.default is None:
+      continue
+    if isinstance(p.default, (bool, int, float, str)):
+      knobs[p.name] = p.default
+  return knobs
 
 
 def family(name: str) -> str:
