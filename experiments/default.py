@@ -58,36 +58,6 @@ def _check_workdir(config, workdir: str) -> None:
         _write_json(current, path)
 
 
-def _demonstrations(config, task, path: str) -> None:
-    from alignment import data as data_lib
-    demos = task.demonstrations("train", config.sft_data.num_prompts, config.seed)
-    data_lib.write_jsonl([{"prompt": p, "completion": r} for p, r in demos], os.path.join(path, "train.jsonl"))
-    # held-out rows only feed the engine's optional eval loss
-    held = task.demonstrations("validation", min(64, config.sft_data.num_prompts), config.seed)
-    data_lib.write_jsonl([{"prompt": p, "completion": r} for p, r in held], os.path.join(path, "test.jsonl"))
-
-
-def _fill(stage, *, base: str, init_from: str, data_dir: str, seed: int):
-    c = stage.copy_and_resolve_references()
-    c.unlock()
-    c.seed = seed
-    c.data.seed = seed
-    c.tokenizer = base
-    c.model.init_from = init_from
-    c.data.files.train = os.path.join(data_dir, "train.jsonl")
-    c.data.files.test = os.path.join(data_dir, "test.jsonl")
-    c.lock()
-    return c
-
-
-def _train(stage_cfg, workdir: str) -> str:
-    from alignment import train as train_lib
-    hf = os.path.join(workdir, "hf")
-    if not os.path.isfile(os.path.join(hf, "config.json")):
-        train_lib.train(stage_cfg, workdir)
-    return hf
-
-
 def make_pairs(task, prompts, texts, rewards, *, samples_per_prompt: int, min_margin: float):
     """(prompt, chosen, rejected) rows: per prompt, the highest- against the lowest-reward sample,
     when their gold rewards differ by at least `min_margin` and both texts are non-empty."""
@@ -113,8 +83,7 @@ def make_pairs(task, prompts, texts, rewards, *, samples_per_prompt: int, min_ma
 
 def _sample_pairs(config, task, tokenizer, sft_hf: str, out_dir: str) -> dict:
     from alignment import data as data_lib
-    from alignment import models
-    from alignment.evaluation import harness
+    from alignment.learners import stages
     path = os.path.join(out_dir, "train.jsonl")
     stats_path = os.path.join(out_dir, "stats.json")
     if os.path.isfile(path) and os.path.isfile(stats_path):
@@ -122,12 +91,9 @@ def _sample_pairs(config, task, tokenizer, sft_hf: str, out_dir: str) -> dict:
             return json.load(f)
     p = config.pairs
     prompts = task.prompts("train", p.num_prompts, config.seed + 1)  # not only the SFT prompts
-    policy = models.from_pretrained(sft_hf)
-    ids = harness.encode_prompts(tokenizer, prompts)
-    flat = [x for x in ids for _ in range(p.samples_per_prompt)]
-    tokens = harness.generate_all(policy, flat, max_new_tokens=p.max_new_tokens, temperature=p.temperature,
-                                  eos_id=tokenizer.eos_id, seed=config.seed, batch_size=p.batch_size)
-    texts = [harness.decode_response(tokenizer, harness.strip_eos(t, tokenizer.eos_id)[0])[0] for t in tokens]
+    texts = stages.sample(sft_hf, tokenizer, prompts, samples_per_prompt=p.samples_per_prompt,
+                          max_new_tokens=p.max_new_tokens, temperature=p.temperature, seed=config.seed,
+                          batch_size=p.batch_size).flat()
     flat_prompts = [q for q in prompts for _ in range(p.samples_per_prompt)]
     rewards = task.gold_rewards(flat_prompts, texts)
     rows, dropped = make_pairs(task, prompts, texts, rewards, samples_per_prompt=p.samples_per_prompt,
@@ -148,25 +114,17 @@ def _sample_pairs(config, task, tokenizer, sft_hf: str, out_dir: str) -> dict:
 
 
 def _evaluate(config, task, tokenizer, policy_hf: str, reference_hf: str, path: str) -> dict:
-    from alignment import evaluation, models
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
+    from alignment.learners import stages
     e = config.eval
-    policy = models.from_pretrained(policy_hf)
-    reference = policy if policy_hf == reference_hf else models.from_pretrained(reference_hf)
-    result = evaluation.evaluate_policy(policy, reference, tokenizer, task, num_prompts=e.num_prompts,
-                                        samples_per_prompt=e.samples_per_prompt, max_new_tokens=e.max_new_tokens,
-                                        temperature=e.temperature, seed=e.seed, split=e.split,
-                                        batch_size=e.batch_size)
-    result.update(policy=policy_hf, reference=reference_hf)
-    _write_json(result, path)
-    return result
+    return stages.evaluate(policy_hf, reference_hf, tokenizer, task, path=path, num_prompts=e.num_prompts,
+                           samples_per_prompt=e.samples_per_prompt, max_new_tokens=e.max_new_tokens,
+                           temperature=e.temperature, seed=e.seed, split=e.split, batch_size=e.batch_size)
 
 
 def run(config, workdir: str) -> dict:
     """Runs (or finishes) the default experiment in `workdir`; returns the summary."""
     from alignment import evaluation, pretrain, tasks
+    from alignment.learners import stages
     from alignment.tokenizer import Tokenizer
     if config.task not in tasks.available():
         raise ValueError(f"config.task={config.task!r} is not an embedded task; valid: {tasks.available()}")
@@ -194,10 +152,11 @@ def run(config, workdir: str) -> dict:
 
     t0 = time.perf_counter()
     sft_data = os.path.join(workdir, "sft_data")
-    if not os.path.isfile(os.path.join(sft_data, "test.jsonl")):
-        _demonstrations(config, task, sft_data)
-    sft_hf = _train(_fill(config.sft, base=base, init_from=base, data_dir=sft_data, seed=config.seed),
-                    os.path.join(workdir, "sft"))
+    if not os.path.isfile(os.path.join(sft_data, "train.jsonl")):
+        stages.write_demonstrations(task, sft_data, num_prompts=config.sft_data.num_prompts, seed=config.seed,
+                                    num_eval=min(64, config.sft_data.num_prompts))
+    sft_hf = stages.run_stage(stages.with_data(config.sft, data_dir=sft_data, seed=config.seed, tokenizer=base,
+                                               init_from=base), os.path.join(workdir, "sft"))
     timings["sft_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -205,8 +164,9 @@ def run(config, workdir: str) -> dict:
     timings["pairs_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    dpo_hf = _train(_fill(config.dpo, base=base, init_from=sft_hf, data_dir=os.path.join(workdir, "pairs"),
-                          seed=config.seed), os.path.join(workdir, "dpo"))
+    dpo_hf = stages.run_stage(stages.with_data(config.dpo, data_dir=os.path.join(workdir, "pairs"),
+                                               seed=config.seed, tokenizer=base, init_from=sft_hf),
+                              os.path.join(workdir, "dpo"))
     timings["dpo_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

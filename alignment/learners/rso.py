@@ -293,11 +293,9 @@ def _sft_policy(config, workdir: str) -> str:
     hf = os.path.join(out, "hf")
     if os.path.isfile(os.path.join(hf, "config.json")):
         return hf
-    task = tasks.get_task(config.task)
-    demos = task.demonstrations("train", int(config.rso.sft_examples), config.seed)
-    held = task.demonstrations("validation", 16, config.seed)
-    data_lib.write_jsonl(({"prompt": p, "completion": c} for p, c in demos), os.path.join(out, "sft_data", "train.jsonl"))
-    data_lib.write_jsonl(({"prompt": p, "completion": c} for p, c in held), os.path.join(out, "sft_data", "test.jsonl"))
+    from alignment.learners import stages
+    stages.write_demonstrations(tasks.get_task(config.task), os.path.join(out, "sft_data"),
+                                num_prompts=int(config.rso.sft_examples), seed=config.seed, num_eval=16)
     train_lib.train(sft_config(config, out), out)
     return hf
 
