@@ -1,5 +1,7 @@
-"""Online DPO: sample `group_size` responses per prompt from the current policy, pair the best
-and the worst, train with any preference loss against the frozen starting policy.
+"""Online DPO: sample `group_size` responses per prompt from the current policy, pair them
+(`online.pairing`, `alignment.learners.pairs`; default all pairs with different labels, up to
+`group_size` per prompt; ties never paired), train with any preference loss against the frozen
+starting policy.
 
     python -m experiments.train --config configs/online_dpo.py:tiny --workdir /tmp/odpo
     python -m experiments.train --config configs/online_dpo.py:tiny,loss=ipo,label=implicit --workdir DIR
@@ -22,8 +24,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         arg, {"tiny": False, "task": "sorting", "loss": "dpo", "label": "reward"})
     c = ppo.online_config("online_dpo", args, str(args["loss"]))
     c.online.label = str(args["label"])
-    c.online.num_prompts = 8 if args["tiny"] else 64  # one pair per prompt
-    c.online.group_size = 2 if args["tiny"] else 4
+    c.online.num_prompts = 8 if args["tiny"] else 64
+    c.online.group_size = 4 if args["tiny"] else 8
+    # every pair of a group with different rewards, up to group_size of them: several times the
+    # pairs best-vs-worst gets from the same samples (sorting's sparse gold ties often)
+    c.online.pairing = "all_pairs"
+    c.online.pairs_per_group = c.online.group_size
     c.online.advantage = "group"  # unused by preference learners
     c.online.kl_coef = 0.0
     c.online.num_minibatches = 1

@@ -59,6 +59,19 @@ def online_config(algorithm: str, args: dict, loss: str) -> ml_collections.Confi
         "value_trunk_grad": False,  # value loss reaches the policy trunk (False: head on detached features)
         "label": "reward",  # preference learners: label pairs by reward | implicit (beta*log pi/ref)
         "implicit_beta": 0.1,
+        # preference learners: alignment.learners.pairs strategy inside each group, fixed pair slots
+        # per group (a slot without a pair, e.g. an all-tie group, gets weight 0), minimum reward gap
+        "pairing": "best_vs_worst",
+        "pairs_per_group": 1,
+        "pair_margin": 0.0,
+        # preference learners: this fraction of each step's prompts brings a dataset pair (the task's
+        # gold-labelled pairs) instead of samples; labels kept ("dataset") or SAIL-DP's relabelling
+        # by the policy's implicit reward ("implicit")
+        "offline_fraction": 0.0,
+        "offline_label": "dataset",
+        # Self-Rewarding PPO: log pi_sft - log pi_base summed over the response ("sum", the paper)
+        # or divided by its length ("token_mean")
+        "log_ratio_reward": "sum",
     })
     from alignment import rewards
     c.reward = rewards.default_reward_config()  # kind: task | verifier | reward_model | log_ratio

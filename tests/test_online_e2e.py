@@ -32,16 +32,22 @@ def _lines(workdir):
 _RUNS = {}
 
 
+# SAIL's mix on 8 devices: 4 dataset pairs (8 responses) + 4 sampled prompts per step
+_OVERRIDES = {("sail", "tiny,variant=mix"): {"offline_fraction": 0.5, "pairing": "best_vs_worst",
+                                             "pairs_per_group": 1},
+              ("sr_ppo", "tiny"): {"log_ratio_reward": "token_mean"}}
+
+
 def _run(name, arg, root):
     """One 2-step run per (config, arg) per session; the resume test reuses the GRPO one."""
     if (name, arg) not in _RUNS:
         workdir = pathlib.Path(root) / f"{name}_{arg}".replace(",", "_").replace("=", "-")
-        _RUNS[name, arg] = workdir, train.train(_config(name, arg), str(workdir))
+        _RUNS[name, arg] = workdir, train.train(_config(name, arg, **_OVERRIDES.get((name, arg), {})), str(workdir))
     return _RUNS[name, arg]
 
 
 @pytest.mark.parametrize("name,arg", [("grpo", "tiny,variant=rloo"), ("ppo", "tiny"), ("sr_ppo", "tiny"),
-                                      ("online_dpo", "tiny"), ("sail", "tiny,variant=pp")])
+                                      ("online_dpo", "tiny"), ("sail", "tiny,variant=mix")])
 def test_tiny_config_runs_end_to_end(name, arg, tmp_path_factory):
     workdir, state = _run(name, arg, tmp_path_factory.getbasetemp())
     lines = _lines(workdir)
@@ -53,6 +59,14 @@ def test_tiny_config_runs_end_to_end(name, arg, tmp_path_factory):
     ppo_like = name in ("ppo", "sr_ppo")
     assert ("value_loss" in lines[0]) == ppo_like
     assert ("clip_fraction" in lines[0]) == (name not in ("online_dpo", "sail"))
+    if name in ("online_dpo", "sail"):  # every pair slot is a pair or a counted group without one
+        c = _config(name, arg, **_OVERRIDES.get((name, arg), {}))
+        n_on = c.online.num_prompts - (4 if name == "sail" else 0)
+        for r in lines:
+            assert r["pairs_per_step"] <= n_on * c.online.pairs_per_group and r["groups_without_pair"] <= n_on, r
+            assert r["pair_ties"] > 0 or r["groups_without_pair"] == 0  # only ties leave a group unpaired
+        if name == "sail":  # step 1: pi == ref, every dataset pair ties under the implicit reward
+            assert lines[0]["offline_pair_ties"] == 4 and lines[0]["offline_pairs"] == 0
     # one optimizer update per minibatch per epoch
     c = _config(name, arg)
     assert int(state.step) == 2 * c.online.num_minibatches

@@ -1,6 +1,7 @@
 """Online learners, unit level: sampler old log-probs == a fresh forward, a zero-advantage PPO
-update leaves the policy unchanged, clip-fraction / KL metrics on hand-made values, and the
-bad-input errors (group size, NaN reward, over-long prompt)."""
+update leaves the policy unchanged, clip-fraction / KL metrics on hand-made values, preference
+pair slots (ties never paired, zero-weight slots give zero gradient), dataset pairs and SAIL-DP's
+relabelling, and the bad-input errors (group size, NaN reward, over-long prompt, bad options)."""
 import pathlib
 
 import jax
@@ -13,7 +14,7 @@ from alignment import config_files
 
 from alignment import losses, optim, sharding
 from alignment import train as T
-from alignment.learners import online, pg, rollout
+from alignment.learners import online, online_pairs, pg, rollout
 from alignment.rewards.base import RewardInputs
 from alignment.tokenizer import tiny_tokenizer
 
@@ -153,9 +154,98 @@ def test_ppo_advantages_gae_closed_form():
     np.testing.assert_allclose(np.asarray(adv), [[0, 0.5, 1.0, 1.5]])
 
 
-def test_best_worst_pairs():
-    chosen, rejected = online.best_worst_pairs(np.array([0.1, 0.9, 0.5, 2.0, 2.0, 2.0]), 3)
-    assert chosen.tolist() == [1, 3] and rejected.tolist() == [0, 3]  # a tied group pairs a row with itself
+def test_pair_slots_never_pair_a_tie_and_count_it():
+    scores = np.array([0.1, 0.9, 0.5, 2.0, 2.0, 2.0, 1.0, 0.0, 1.0])
+    chosen, rejected, weight, stats = online_pairs.pair_slots(scores, 3, strategy="best_vs_worst", pairs_per_group=1,
+                                                        seed=0)
+    assert chosen.tolist() == [1, 3, chosen[2]] and rejected.tolist() == [0, 3, 7]
+    assert chosen[2] in (6, 8)  # tied maxima: either one
+    assert weight.tolist() == [1.0, 0.0, 1.0]  # the all-tie group gets a zero-weight slot
+    assert stats["groups_without_pair"] == 1 and stats["pairs"] == 2
+    # several slots per group: all_pairs of 3 distinct scores fills 2 of 2 slots, a tie group none
+    chosen, rejected, weight, stats = online_pairs.pair_slots(np.array([0.0, 1.0, 2.0, 5.0, 5.0, 5.0]), 3,
+                                                        strategy="all_pairs", pairs_per_group=2, seed=0)
+    assert weight.tolist() == [1.0, 1.0, 0.0, 0.0] and stats["pair_ties"] == 3
+    assert all(scores_c > scores_r for scores_c, scores_r in
+               zip(np.array([0.0, 1.0, 2.0])[chosen[:2]], np.array([0.0, 1.0, 2.0])[rejected[:2]]))
+
+
+def _pair_batch(setup, weight):
+    b = setup["batch"]
+    ref = rollout.sequence_sums(b["old_logps"], b["loss_mask"]) - 0.3  # pi != ref: nonzero DPO gradient too
+    return online_pairs.preference_batch(b, ref, np.arange(0, 8, 2), np.arange(1, 8, 2), np.asarray(weight, np.float32))
+
+
+def test_zero_weight_pair_slots_give_exactly_no_gradient_even_with_sails_score_term(setup):
+    logprob_fn = T.make_logprob_fn(setup["graphdef"], 8)
+    kw = dict(beta=0.1, score_coef=0.3, self_label_coef=0.2)
+
+    def grads(batch):
+        f = lambda p: online_pairs.weighted_pair_loss(logprob_fn, p, batch, loss_fn=losses.get("sail"),  # noqa: E731
+                                                loss_kwargs=kw)[0]
+        return jax.tree.leaves(jax.jit(jax.grad(f))(setup["params"]))
+
+    full = _pair_batch(setup, [1, 0, 1, 0])
+    kept = {k: v[[0, 2]] for k, v in full.items()}  # the same two pairs without the zero-weight slots
+    for a, b in zip(grads(full), grads(kept)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    none = grads(_pair_batch(setup, [0, 0, 0, 0]))
+    assert all(np.all(np.asarray(g) == 0) for g in none)
+    assert any(np.any(np.asarray(g) != 0) for g in grads(_pair_batch(setup, [0, 0, 0, 1])))
+    # metrics are means over the weighted pairs only
+    _, n, m = online_pairs.weighted_pair_loss(logprob_fn, setup["params"], full, loss_fn=losses.get("sail"),
+                                        loss_kwargs=kw)
+    assert float(n) == 2.0
+    seq = rollout.sequence_sums(setup["batch"]["old_logps"], setup["batch"]["loss_mask"])
+    assert float(m["logps_chosen"]) == pytest.approx(seq[[0, 4]].mean(), abs=1e-4)
+
+
+def test_dataset_pairs_encode_in_the_rollout_layout_and_sail_dp_relabels_by_the_implicit_reward(setup):
+    from alignment import tasks
+    tok = setup["tok"]
+    task = tasks.get_task("sorting", length=(3, 4), value_range=(0, 9))
+    rows, skipped = online_pairs.dataset_pairs(task, 6, seed=0)
+    assert len(rows) + skipped == 6 and len(rows) >= 4
+    for prompt, chosen, rejected in rows:
+        assert task.gold_reward(prompt, chosen) > task.gold_reward(prompt, rejected)
+    ds = online_pairs.encode_dataset_pairs(tok, rows, chat_template=False, max_prompt_len=16, max_new_tokens=12,
+                                     pad=tok.pad_id)
+    texts, _, ended = rollout.decode_responses(tok, ds["chosen_input_ids"][:, 16:],
+                                               ds["chosen_attention_mask"][:, 16:].sum(1))
+    assert texts == [r[1] for r in rows] and ended.all()
+    assert (ds["chosen_loss_mask"][:, :16] == 0).all()
+    with pytest.raises(ValueError, match=r"dataset pair 0: the chosen response .*max_new_tokens=3"):
+        online_pairs.encode_dataset_pairs(tok, rows, chat_template=False, max_prompt_len=16, max_new_tokens=3,
+                                    pad=tok.pad_id)
+    o = ml_collections.ConfigDict({"offline_label": "implicit", "implicit_beta": 0.5})
+    n = len(rows)
+    params = setup["params"]
+    # pi == ref: every implicit reward is 0, every pair ties and gets weight 0
+    out = online_pairs.dataset_step(ds, list(range(n)), o, forward=rollout.make_forward(setup["graphdef"], 8),
+                               params=params, ref_params=params, mesh=setup["mesh"])
+    assert out["pair_weight"].tolist() == [0.0] * n and out["metrics"]["offline_pair_ties"] == n
+    # a policy whose log-probs beat the reference's on the dataset's rejected rows prefers them
+    h_sign = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)  # +: chosen keeps, -: swapped
+
+    def fake_forward(p, ids, attn, mask):
+        logps = np.asarray(rollout.make_forward(setup["graphdef"], 8)(params, ids, attn, mask))
+        if p == "policy":  # chosen rows (first n) up by h, rejected rows down by h, spread on their first token
+            bump = np.concatenate([h_sign, -h_sign])[:, None] * (np.cumsum(np.asarray(mask), 1) == 1)
+            logps = logps + bump
+        return logps
+
+    out = online_pairs.dataset_step(ds, list(range(n)), o, forward=fake_forward, params="policy", ref_params=params,
+                               mesh=setup["mesh"])
+    assert out["pair_weight"].tolist() == [1.0] * n
+    swapped = h_sign < 0
+    np.testing.assert_array_equal(out["chosen_input_ids"][swapped], ds["rejected_input_ids"][swapped])
+    np.testing.assert_array_equal(out["chosen_input_ids"][~swapped], ds["chosen_input_ids"][~swapped])
+    assert out["metrics"]["offline_flipped_fraction"] == pytest.approx(swapped.mean())
+    # "dataset" labels keep the gold order whatever the policy says
+    o.offline_label = "dataset"
+    out = online_pairs.dataset_step(ds, list(range(n)), o, forward=fake_forward, params="policy", ref_params=params,
+                               mesh=setup["mesh"])
+    np.testing.assert_array_equal(out["chosen_input_ids"], ds["chosen_input_ids"])
 
 
 def test_group_size_not_dividing_the_batch_is_an_error():
@@ -198,6 +288,21 @@ def test_every_online_config_validates_and_rejects_wrong_pairings():
         online.validate_online(_config(name, arg))
     for variant in ("rloo", "dr_grpo", "dapo", "gspo"):
         online.validate_online(_config("grpo", f"tiny,variant={variant}"))
+    online.validate_online(_config("sail", "tiny,variant=mix"))
+    for bad, match in [({"offline_fraction": 1.0}, "offline_fraction must lie in"),
+                       ({"pairing": "best"}, "online.pairing must be one of"),
+                       ({"pairing": "best_vs_worst", "pairs_per_group": 2}, "pairs_per_group must be 1"),
+                       ({"offline_label": "gold"}, "offline_label must be one of")]:
+        c = _config("sail", "tiny")
+        c.unlock()
+        c.online.update(bad)
+        with pytest.raises(ValueError, match=match):
+            online.validate_online(c)
+    c = _config("sr_ppo", "tiny")
+    c.unlock()
+    c.online.log_ratio_reward = "mean"
+    with pytest.raises(ValueError, match="log_ratio_reward must be one of"):
+        online.validate_online(c)
     c = _config("grpo")
     c.unlock()
     c.loss = "dpo"

@@ -22,7 +22,7 @@ import numpy as np
 _MAX_REDRAWS = 64
 
 
-def _pair_for(task, prompt: str, rng: np.random.Generator, others: list[str]) -> tuple[str, str, float, float]:
+def pair_for(task, prompt: str, rng: np.random.Generator, others: list[str]) -> tuple[str, str, float, float]:
   """Two responses to `prompt` with different gold scores: (a, b, gold_a, gold_b)."""
   for _ in range(_MAX_REDRAWS):
     if task.name == "sentiment":
@@ -63,7 +63,7 @@ def task_rows(task_name: str, *, kind: str, split: str, n: int, seed: int,
     if len(rows) == n:
       break
     others = [demo] + [demos[(i + j) % len(demos)][1] for j in range(1, min(len(demos), 8))]
-    a, b, ga, gb = _pair_for(task, prompt, rng, others)
+    a, b, ga, gb = pair_for(task, prompt, rng, others)
     if ga == gb or a == b:
       continue  # no distinguishable second response for this prompt (counted below)
     rows.append({"prompt": prompt, "a": a, "b": b})

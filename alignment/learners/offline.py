@@ -61,7 +61,7 @@ def check_supported(loss_fn: Callable, kind: str) -> None:
                          "learner does not provide")
 
 
-def _call_loss(loss_fn: Callable, available: Mapping[str, Any], loss_kwargs: Mapping[str, Any]):
+def call_loss(loss_fn: Callable, available: Mapping[str, Any], loss_kwargs: Mapping[str, Any]):
     """Calls `loss_fn` with the inputs it declares, plus every configured knob."""
     names, required, var_kw = loss_parameters(loss_fn)
     overlap = set(available) & set(loss_kwargs)
@@ -113,7 +113,7 @@ def sft_loss(logprob_fn: LogprobFn, params, batch: Mapping[str, jax.Array], *, l
             raise ValueError(f"{loss_fn.__name__} needs reference log-probs: run it with reference.mode='in_step'")
         available["ref_logps"] = logprob_fn(jax.lax.stop_gradient(ref_params), batch["input_ids"],
                                             batch["attention_mask"], mask_BxT, **kw)
-    loss, metrics = _call_loss(loss_fn, available, loss_kwargs)
+    loss, metrics = call_loss(loss_fn, available, loss_kwargs)
     num_tokens = jnp.sum(mask_f)
     token_mean = loss_kwargs.get("aggregation", "token_mean") == "token_mean"
     out = _scalar_metrics(metrics)
@@ -182,7 +182,7 @@ def preference_loss(logprob_fn: LogprobFn, params, batch: Mapping[str, jax.Array
             rr = batch["reference_rejected_logps"].astype(jnp.float32)
         available["reference_chosen_logps"] = rc
         available["reference_rejected_logps"] = rr
-    loss, metrics = _call_loss(loss_fn, available, loss_kwargs)
+    loss, metrics = call_loss(loss_fn, available, loss_kwargs)
     out = _scalar_metrics(metrics)
     out.setdefault("logps_chosen", jnp.mean(pc))
     out.setdefault("logps_rejected", jnp.mean(pr))

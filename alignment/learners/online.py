@@ -11,16 +11,20 @@
 3. one forward of the frozen reference (KL) and, for Self-Rewarding PPO, of the base model;
 4. rewards (`config.reward`); `reward_mean` is always the task's gold reward of the samples;
 5. the learner's batch: GRPO-family advantages (group z-score, mean-only, RLOO), PPO's GAE over
-   per-token rewards with the KL folded in, or preference pairs (best vs worst of each group)
-   for online DPO / SAIL;
+   per-token rewards with the KL folded in, or preference pairs for online DPO / SAIL
+   (`pairs.make_pairs` inside each group, `online.pairing`; ties never become pairs: a slot
+   without a pair gets weight 0 and is counted as `groups_without_pair`), optionally mixed
+   with dataset pairs (`online.offline_fraction`, SAIL-DP's relabelling by the implicit reward);
 6. `online.ppo_epochs` passes of `online.num_minibatches` shuffled minibatches, each one call
    of the engine's jitted, donated `train_step`, the sampled log-probs as old log-probs.
 
 Metrics per step: reward_mean/std (gold), train_reward_mean (what is optimised), kl (sequence
 k1 estimate of KL(pi_old || ref) on the samples), entropy, clip_fraction, response_length,
-eos_fraction, generation and training tokens/s. A NaN metric stops the run before a checkpoint;
-checkpoints carry the state and the prompt position, and the sampling key is a function of the
-step, so a resumed run continues exactly.
+eos_fraction, generation and training tokens/s; preference learners add pairs_per_step, pair_ties,
+groups_without_pair (and offline_pairs, offline_pair_ties, offline_flipped_fraction with dataset
+pairs), their loss metrics being means over real pairs only. A NaN metric stops the run before a
+checkpoint; checkpoints carry the state and the prompt and dataset-pair positions, and the
+sampling key is a function of the step, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -36,7 +40,10 @@ import numpy as np
 from alignment import checkpoint as ckpt_lib
 from alignment import metrics as metrics_lib
 from alignment import optim, sharding
+from alignment.learners import pairs as pairs_lib
 from alignment.learners import pg, rollout
+from alignment.learners.online_pairs import (dataset_pairs, dataset_step, encode_dataset_pairs, pair_slots,
+                                             preference_batch, weighted_pair_loss)
 from alignment.learners.validation import check_positive
 from alignment.rewards.base import RewardInputs
 
@@ -45,6 +52,8 @@ log = logging.getLogger(__name__)
 ALGORITHMS = ("ppo", "grpo", "sr_ppo", "online_dpo", "sail")
 ADVANTAGES = ("group", "group_mean", "rloo", "gae")
 LABELS = ("reward", "implicit")
+OFFLINE_LABELS = ("dataset", "implicit")
+LOG_RATIO_REWARDS = ("sum", "token_mean")
 PG_FAMILIES = ("policy_gradient",)
 
 
@@ -75,7 +84,22 @@ def validate_online(config) -> None:
                              f"got {o.group_size}")
         if o.label not in LABELS:
             raise ValueError(f"config.online.label must be one of {LABELS}, got {o.label!r}")
-        rows = o.num_prompts  # one pair per prompt
+        if o.pairing not in pairs_lib.STRATEGIES:
+            raise ValueError(f"config.online.pairing must be one of {pairs_lib.STRATEGIES}, got {o.pairing!r}")
+        check_positive(o, ("pairs_per_group",), prefix="config.online")
+        if o.pairing == "best_vs_worst" and o.pairs_per_group != 1:
+            raise ValueError(f"online.pairing='best_vs_worst' makes one pair per group: online.pairs_per_group "
+                             f"must be 1, got {o.pairs_per_group}")
+        if not (0.0 <= o.offline_fraction < 1.0) or o.pair_margin < 0:
+            raise ValueError(f"config.online.offline_fraction must lie in [0, 1) and online.pair_margin be >= 0 "
+                             f"(got {o.offline_fraction}, {o.pair_margin}): at least one prompt per step is "
+                             "sampled online")
+        if o.offline_label not in OFFLINE_LABELS:
+            raise ValueError(f"config.online.offline_label must be one of {OFFLINE_LABELS}, got {o.offline_label!r}")
+        n_off, n_on, rows = preference_rows(o)
+        if n_on < 1:
+            raise ValueError(f"online.offline_fraction={o.offline_fraction} leaves no sampled prompt of the "
+                             f"{o.num_prompts} per step")
     else:
         if o.advantage not in ADVANTAGES:
             raise ValueError(f"config.online.advantage must be one of {ADVANTAGES}, got {o.advantage!r}")
@@ -97,6 +121,9 @@ def validate_online(config) -> None:
     if o.temperature != 1.0 or o.top_k or o.top_p < 1.0:
         log.warning("online: temperature=%s top_k=%s top_p=%s: old log-probs are those of the raw policy, "
                     "not of the reshaped sampling distribution", o.temperature, o.top_k, o.top_p)
+    if o.log_ratio_reward not in LOG_RATIO_REWARDS:
+        raise ValueError(f"config.online.log_ratio_reward must be one of {LOG_RATIO_REWARDS}, "
+                         f"got {o.log_ratio_reward!r}")
     if o.algorithm == "sr_ppo" and not (config.reward.kind == "log_ratio" and not config.reward.path):
         raise ValueError("online.algorithm='sr_ppo' scores with reward.kind='log_ratio' and an empty reward.path "
                          "(log pi_sft is the starting policy; reward.base_path is pi_base)")
@@ -107,6 +134,15 @@ def validate_online(config) -> None:
         from alignment import rewards
         rewards.check_reward_config(config.reward)
     optim.make_schedule(config.optim, num_updates(config))
+
+
+def preference_rows(o) -> tuple[int, int, int]:
+    """(dataset pairs, sampled prompts, pair slots) per step of a preference learner: of the
+    `num_prompts` prompts, round(offline_fraction * num_prompts) bring a dataset pair, the others
+    `group_size` samples and `pairs_per_group` pair slots."""
+    n_off = int(round(o.offline_fraction * o.num_prompts))
+    n_on = o.num_prompts - n_off
+    return n_off, n_on, n_off + n_on * o.pairs_per_group
 
 
 def num_updates(config) -> int:
@@ -143,11 +179,11 @@ def _load_base(config, model_cfg, mesh):
 # ----------------------------------------------------------------------------- prompts
 
 class PromptStream:
-    """Walks a fixed pool of the task's train prompts in a seeded order, reshuffled every pass.
-    Its position (`cursor`) is the whole iterator state."""
+    """Walks a fixed pool (the task's train prompts, or dataset pair indices) in a seeded order,
+    reshuffled every pass. Its position (`cursor`) is the whole iterator state."""
 
-    def __init__(self, task, pool: int, seed: int, cursor: int = 0):
-        self.pool = task.prompts("train", pool, seed)
+    def __init__(self, pool, seed: int, cursor: int = 0):
+        self.pool = list(pool)
         self.seed, self.cursor = seed, cursor
 
     def next(self, n: int) -> list[str]:
@@ -160,39 +196,12 @@ class PromptStream:
         return out
 
 
-# ----------------------------------------------------------------------------- batches
-
-def best_worst_pairs(scores_N: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(chosen rows, rejected rows) [G]: the best- and worst-scored sample of each group of
-    `group_size` contiguous samples (the first best, the last worst). A group whose scores are all
-    equal carries no preference: its pair is the best row against itself, so `h = 0` and the DPO
-    part of the loss has exactly zero gradient there (the batch keeps its fixed shape)."""
-    g = np.asarray(scores_N, np.float64).reshape(-1, group_size)
-    best = np.argmax(g, axis=1)
-    worst = group_size - 1 - np.argmin(g[:, ::-1], axis=1)
-    tie = g.max(axis=1) == g.min(axis=1)
-    worst = np.where(tie, best, worst)
-    base = np.arange(g.shape[0]) * group_size
-    return base + best, base + worst
-
-
-def preference_batch(batch_np, ref_seq_N, chosen, rejected) -> dict[str, np.ndarray]:
-    out = {}
-    for side, rows in (("chosen", chosen), ("rejected", rejected)):
-        out[f"{side}_input_ids"] = batch_np["input_ids"][rows]
-        out[f"{side}_attention_mask"] = batch_np["attention_mask"][rows]
-        out[f"{side}_loss_mask"] = batch_np["loss_mask"][rows]
-        out[f"reference_{side}_logps"] = ref_seq_N[rows]
-    return out
-
-
 # ----------------------------------------------------------------------------- the loop
 
 def train_online(config, workdir: str):
     """Runs (or resumes) an online config in `workdir`; returns the final train state."""
     from alignment import losses, tasks
     from alignment import train as T
-    from alignment.learners import offline
     validate_online(config)
     T.init_distributed(config)
     workdir = os.path.abspath(workdir)
@@ -201,12 +210,13 @@ def train_online(config, workdir: str):
     mesh = sharding.make_mesh(config.mesh.to_dict())
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     preference = o.algorithm in ("online_dpo", "sail")
-    n_rows = o.num_prompts * o.group_size
-    mb_rows = (o.num_prompts if preference else n_rows) // o.num_minibatches
-    if n_rows % shards or mb_rows % shards:
-        raise ValueError(f"online: {n_rows} samples per step and minibatches of {mb_rows} rows must divide over "
-                         f"mesh data x fsdp = {shards} devices; change online.num_prompts / group_size / "
-                         "num_minibatches or config.mesh")
+    n_off, n_on, n_pairs = preference_rows(o) if preference else (0, o.num_prompts, 0)
+    n_rows = n_on * o.group_size
+    mb_rows = (n_pairs if preference else n_rows) // o.num_minibatches
+    if n_rows % shards or mb_rows % shards or (2 * n_off) % shards:
+        raise ValueError(f"online: {n_rows} samples per step, minibatches of {mb_rows} rows and {2 * n_off} dataset "
+                         f"responses must divide over mesh data x fsdp = {shards} devices; change online.num_prompts "
+                         "/ group_size / num_minibatches / offline_fraction or config.mesh")
     tokenizer = T.make_tokenizer(config.tokenizer)
     task = tasks.get_task(o.task, **o.task_kwargs.to_dict())
     pi = jax.process_index()
@@ -237,8 +247,8 @@ def train_online(config, workdir: str):
     chunk = config.model.logprob_chunk_size
     if preference:
         logprob_fn = T.make_logprob_fn(graphdef, chunk)
-        loss_fn = lambda p, ref, b: offline.preference_loss(  # noqa: E731
-            logprob_fn, p, b, loss_fn=loss, loss_kwargs=kwargs, reference_mode="precomputed")
+        loss_fn = lambda p, ref, b: weighted_pair_loss(  # noqa: E731
+            logprob_fn, p, b, loss_fn=loss, loss_kwargs=kwargs)
     else:
         loss_fn = pg.make_pg_loss(graphdef, loss=loss, loss_kwargs=kwargs, with_values=with_values,
                                   chunk_size=chunk, value_trunk_grad=o.value_trunk_grad,
@@ -254,14 +264,23 @@ def train_online(config, workdir: str):
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                          every_steps=config.checkpoint_every_steps,
                                          keep=config.keep_checkpoints, async_save=config.checkpoint_async)
-    cursor = 0
+    cursor = off_cursor = 0
     latest = checkpointer.latest_step()
     if latest is not None:
         abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, st_shardings)
         state, data_states = checkpointer.restore(latest, abstract)
-        cursor = int(ckpt_lib.local_data_state(data_states)["prompt_cursor"])
+        data_state = ckpt_lib.local_data_state(data_states)
+        cursor, off_cursor = int(data_state["prompt_cursor"]), int(data_state["offline_cursor"])
         log.info("resumed from step %d in %s", latest, workdir)
-    prompts_stream = PromptStream(task, o.prompt_pool, config.seed, cursor)
+    prompts_stream = PromptStream(task.prompts("train", o.prompt_pool, config.seed), config.seed, cursor)
+    if n_off:
+        # a disjoint seed: dataset pairs need not share prompts with the sampled ones
+        ds_rows, ds_skipped = dataset_pairs(task, o.prompt_pool, config.seed + 7919)
+        ds = encode_dataset_pairs(tokenizer, ds_rows, chat_template=config.data.chat_template,
+                                  max_prompt_len=o.max_prompt_len, max_new_tokens=o.max_new_tokens, pad=pad)
+        log.info("online: %d dataset pairs (%d prompts skipped: tied gold scores), %d per step, labels: %s",
+                 len(ds_rows), ds_skipped, n_off, o.offline_label)
+    offline_stream = PromptStream(range(len(ds_rows)) if n_off else [], config.seed + 1, off_cursor)
     # the step counter counts optimizer updates; the online step is updates / (epochs x minibatches)
     start = int(state.step) // (o.ppo_epochs * o.num_minibatches)
     writer = metrics_lib.MetricsWriter(workdir, total_steps=config.num_train_steps, start_step=start,
@@ -273,7 +292,7 @@ def train_online(config, workdir: str):
         for step_no in range(start + 1, config.num_train_steps + 1):
             m: dict[str, float] = {}
             # --- 1-2. prompts and samples
-            prompts = [p for p in prompts_stream.next(o.num_prompts) for _ in range(o.group_size)]
+            prompts = [p for p in prompts_stream.next(n_on) for _ in range(o.group_size)]
             p_ids, p_mask, p_lists = rollout.encode_prompt_batch(
                 tokenizer, prompts, chat_template=config.data.chat_template, max_prompt_len=o.max_prompt_len)
             rows_sh = sharding.batch_sharding(mesh, 2)
@@ -297,14 +316,28 @@ def train_online(config, workdir: str):
             if o.algorithm == "sr_ppo":
                 base_logps = np.asarray(forward(base[1], dev["input_ids"], dev["attention_mask"], dev["loss_mask"]))
                 train_reward = seq_ref - rollout.sequence_sums(base_logps, mask)  # log pi_sft - log pi_base
+                if o.log_ratio_reward == "token_mean":  # removes the sum's pull towards long responses
+                    train_reward = train_reward / np.maximum(mask.sum(-1), 1).astype(np.float32)
             else:
                 train_reward = reward_fn(RewardInputs(prompts, texts, p_lists, resp_ids))
             # --- 5. the learner's batch
             if preference:
-                scores = train_reward if o.label == "reward" else o.implicit_beta * seq_kl
-                chosen, rejected = best_worst_pairs(scores, o.group_size)
-                train_np = preference_batch(batch_np, seq_ref, chosen, rejected)
-                m["pair_tie_fraction"] = float(np.mean(chosen == rejected))
+                if o.label == "reward":
+                    scores = train_reward
+                else:  # the same forward as the reference, so pi == ref gives exact ties, not float noise
+                    pol = np.asarray(forward(state.params, dev["input_ids"], dev["attention_mask"], dev["loss_mask"]))
+                    scores = o.implicit_beta * (rollout.sequence_sums(pol, mask) - seq_ref)
+                chosen, rejected, weight, stats = pair_slots(scores, o.group_size, strategy=o.pairing,
+                                                             pairs_per_group=o.pairs_per_group,
+                                                             seed=[config.seed, step_no], margin=o.pair_margin)
+                train_np = preference_batch(batch_np, seq_ref, chosen, rejected, weight)
+                m.update(pairs_per_step=stats["pairs"], pair_ties=stats["pair_ties"],
+                         groups_without_pair=stats["groups_without_pair"], pair_margin=stats["pair_margin_mean"])
+                if n_off:
+                    off = dataset_step(ds, offline_stream.next(n_off), o, forward=forward,
+                                        params=state.params, ref_params=ref_params, mesh=mesh)
+                    m.update(off.pop("metrics"))
+                    train_np = {k: np.concatenate([train_np[k], off[k]]) for k in train_np}
                 # no per-token entropy in a preference step: the sample estimate -E[log pi(y_t)]
                 m["entropy"] = float(-batch_np["old_logps"].sum() / max(mask.sum(), 1))
             elif o.advantage == "gae":
@@ -357,7 +390,8 @@ def train_online(config, workdir: str):
             if step_no % config.log_every_steps == 0 or step_no == config.num_train_steps:
                 writer.write(step_no, m)
             if checkpointer.should_save(step_no) or step_no == config.num_train_steps:
-                checkpointer.save(step_no, state, ckpt_lib.gather_data_states({"prompt_cursor": prompts_stream.cursor}))
+                checkpointer.save(step_no, state, ckpt_lib.gather_data_states(
+                    {"prompt_cursor": prompts_stream.cursor, "offline_cursor": offline_stream.cursor}))
     finally:
         checkpointer.close()
         writer.close()

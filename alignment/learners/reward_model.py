@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from alignment.learners.offline import _call_loss, _interleave, _require, _scalar_metrics, loss_parameters
+from alignment.learners.offline import call_loss, _interleave, _require, _scalar_metrics, loss_parameters
 
 ScoreFn = Callable[..., jax.Array]
 RM_FIELDS = ("chosen_input_ids", "chosen_attention_mask", "rejected_input_ids", "rejected_attention_mask")
@@ -46,5 +46,5 @@ def reward_model_loss(score_fn: ScoreFn, params, batch: Mapping[str, jax.Array],
     available = {"chosen_scores": sc, "rejected_scores": sr}
     if "margin" in batch:
         available["margins"] = batch["margin"].astype(jnp.float32)
-    loss, metrics = _call_loss(loss_fn, available, loss_kwargs)
+    loss, metrics = call_loss(loss_fn, available, loss_kwargs)
     return loss, jnp.asarray(sc.shape[0], jnp.float32), _scalar_metrics(metrics)
