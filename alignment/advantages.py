@@ -200,3 +200,43 @@ def step_advantages(*, step_values: Array, step_mask: Array,
   masked_q = jnp.where(m != 0, q, jnp.inf)
   critical = jnp.where(jnp.any(m != 0, axis=1), jnp.argmin(masked_q, axis=1), -1)
   return adv_SxB.T, critical
+
+
+def best_of_k_values(*, successes: Array, k: int) -> jax.Array:
+  """Monte-Carlo value of a prefix under best-of-K rollouts (Setlur et al., 2024, "RL on
+  incorrect synthetic data scales the efficiency of LLM math reasoning by eight-fold", per-step
+  negatives with K = 5): `Q = P(at least one of K rollouts from the prefix succeeds)
+  = 1 - (1 - p)^K`, p the policy's success rate from the prefix.
+
+  `successes` [..., M] holds 0/1 outcomes of M >= k rollouts per prefix (e.g. [steps, M]).
+  With c successes the unbiased estimate is `1 - C(M - c, k) / C(M, k)` (the pass@k estimator
+  of Chen et al., 2021); with M == k it is the max over the rollouts. Returns float32 [...].
+  """
+  s = _checks.f32("successes", successes)
+  if s.ndim < 1:
+    raise ValueError(f"`successes` must have a rollout axis [..., M], got shape {s.shape}")
+  _checks.check_finite("successes", successes)
+  if not _checks.is_traced(successes) and not bool(jnp.all((s == 0) | (s == 1))):
+    raise ValueError("`successes` must hold 0/1 rollout outcomes")
+  m = s.shape[-1]
+  if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= m:
+    raise ValueError(f"`k` must be an int in [1, M={m}] (rollouts per prefix), got {k!r}")
+  failures = m - jnp.sum(s, axis=-1)
+  j = jnp.arange(k, dtype=jnp.float32)
+  # C(M-c, k)/C(M, k) = prod_j (M-c-j)/(M-j); a factor hits 0 once fewer than k failures remain
+  all_fail = jnp.prod(jnp.clip((failures[..., None] - j) / (m - j), 0.0, 1.0), axis=-1)
+  return 1.0 - all_fail
+
+
+def first_pit(*, step_values: Array, step_mask: Array,
+              initial_values: Array) -> tuple[jax.Array, jax.Array]:
+  """Critical step of per-step negatives (Setlur et al., 2024): the first valid step with the
+  lowest Q (ties -> the earliest), and whether it is a pit at all: its advantage
+  `Q_crit - Q_{crit-1}` (`Q_0 = initial_values`) is negative. Only a row whose Q never drops
+  below its start before the lowest point (e.g. all zero: the policy never succeeds) has none.
+  `step_values`/`step_mask` [B, S], `initial_values` [B]. Returns `(critical [B] int, -1 for
+  rows without steps; has_pit [B] bool)`. The advantages themselves: `step_advantages`."""
+  adv, critical = step_advantages(step_values=step_values, step_mask=step_mask,
+                                  initial_values=initial_values)
+  a_crit = jnp.take_along_axis(adv, jnp.maximum(critical, 0)[:, None], axis=1)[:, 0]
+  return critical, (critical >= 0) & (a_crit < 0)

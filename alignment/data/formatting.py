@@ -75,10 +75,12 @@ def _encode(tokenizer, text: str) -> list[int]:
   return list(tokenizer.encode(text, add_special_tokens=False)) if text else []
 
 
-def encode_pieces(tokenizer, pieces: Sequence[tuple[str, bool]]) -> tuple[np.ndarray, np.ndarray]:
+def encode_pieces(tokenizer, pieces: Sequence[tuple[str, bool]], *,
+                  append_eos: bool = True) -> tuple[np.ndarray, np.ndarray]:
   """Tokenise (text, trained) pieces; trained pieces end with exactly one EOS (appended, or
-  the template's own, with any tail after it moved to the untrained side). BOS is prepended
-  when the tokenizer has one and the first token is not already BOS."""
+  the template's own, with any tail after it moved to the untrained side); `append_eos=False`
+  (an unfinished prefix) appends none. BOS is prepended when the tokenizer has one and the
+  first token is not already BOS."""
   eos = tokenizer.eos_id
   ids: list[int] = []
   loss: list[int] = []
@@ -96,7 +98,7 @@ def encode_pieces(tokenizer, pieces: Sequence[tuple[str, bool]]) -> tuple[np.nda
       cut = len(toks) - toks[::-1].index(eos)
       toks, carry = toks[:cut], toks[cut:]
     else:
-      toks, carry = toks + [eos], []
+      toks, carry = toks + ([eos] if append_eos else []), []
     ids += toks
     loss += [1] * len(toks)
   # A tail after the final EOS is never predicted at generation time: leave it out.
@@ -107,8 +109,11 @@ def encode_pieces(tokenizer, pieces: Sequence[tuple[str, bool]]) -> tuple[np.nda
 
 
 def encode_prompt_response(tokenizer, prompt: str | Messages, response: str | Messages, *,
-                           chat_template: bool) -> tuple[np.ndarray, np.ndarray, int]:
-  """-> (ids, loss_mask, prompt_len): prompt tokens untrained, response tokens trained."""
+                           chat_template: bool, append_eos: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
+  """-> (ids, loss_mask, prompt_len): prompt tokens untrained, response tokens trained (no EOS
+  appended with `append_eos=False`: plain-text prefixes only)."""
+  if not append_eos and not (isinstance(prompt, str) and isinstance(response, str) and not chat_template):
+    raise ValueError("a response without EOS (rejected_is_prefix) needs plain-text rows and chat_template=False")
   if isinstance(prompt, str) and isinstance(response, str) and not chat_template:
     pieces = [(prompt, False), (response, True)]
   else:
@@ -121,7 +126,7 @@ def encode_prompt_response(tokenizer, prompt: str | Messages, response: str | Me
                 (" " + r[0]["content"], True)]
     else:
       pieces = conversation_segments(tokenizer, p + r, chat_template=chat_template)
-  ids, loss = encode_pieces(tokenizer, pieces)
+  ids, loss = encode_pieces(tokenizer, pieces, append_eos=append_eos)
   first_trained = int(np.argmax(loss)) if loss.any() else len(ids)
   return ids, loss, first_trained
 
@@ -184,8 +189,9 @@ def tokenize_record(record: dict[str, Any], tokenizer, *, kind: str, cfg,
     return {"ids": out[0], "loss": out[1]}
   example = {}
   for side in ("chosen", "rejected"):
+    prefix = side == "rejected" and record.get("rejected_is_prefix", False)
     ids, loss, plen = encode_prompt_response(tokenizer, record["prompt"], record[side],
-                                             chat_template=cfg.chat_template)
+                                             chat_template=cfg.chat_template, append_eos=not prefix)
     out = truncate(ids, loss, plen, **cut)
     if isinstance(out, str):
       return _report_length(report, out, source, row, side, cfg)

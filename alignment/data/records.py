@@ -33,6 +33,7 @@ REASONS = (
     "not_an_object",
     "missing_field",
     "non_string",
+    "wrong_type",
     "bad_message",
     "empty_chosen",
     "empty_rejected",
@@ -298,7 +299,15 @@ def normalize_preference(obj: Mapping, *, fields: Mapping[str, str], fmt: str,
     rejected = _response_messages(ck, rejected, fields["rejected"], "empty_rejected")
   if chosen == rejected:
     ck.fail("chosen_equals_rejected", fields["rejected"], "identical to the chosen response")
-  return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+  out = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+  # A rejected response that is an unfinished prefix (per-step negatives) is trained without
+  # an EOS: it never ended, so its likelihood must not include ending there.
+  flag = obj.get("rejected_is_prefix", False) if isinstance(obj, Mapping) else False
+  if not isinstance(flag, bool):
+    ck.fail("wrong_type", "rejected_is_prefix", f"must be a boolean, got {type(flag).__name__}")
+  if flag:
+    out["rejected_is_prefix"] = True
+  return out
 
 
 def normalize_sft(obj: Mapping, *, fields: Mapping[str, str], fmt: str,
