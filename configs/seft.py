@@ -1,0 +1,81 @@
+"""SEFT (self-evolution fine-tuning): SFT policy -> revise-or-keep reviser -> rounds of
+sample on unlabeled prompts / revise / SFT. See `alignment/learners/seft.py`.
+
+    python -m experiments.train --config configs/seft.py:tiny --workdir /tmp/seft
+    python -m experiments.train --config configs/seft.py:tiny,label_format=keep_token,filter=changed --workdir DIR
+    python -m experiments.train --config configs/seft.py:tiny --workdir DIR \
+        --config.seft.source_policy=/path/to/stronger_hf      # external evolution
+
+Arg string: `tiny` (tiny model, sorting of 3-5 single digits, an SFT stage of its own; a couple
+of minutes on CPU), `task=<embedded task>` (`task_options` are the sorting knobs only for
+sorting), `label_format=full|keep_token` (the reviser's target for a draft that is already good:
+the draft copied in full, or `reviser.keep_marker`), `filter=none|changed|oracle_not_worse`
+(which revisions a round trains on; `oracle_not_worse` reads the gold reward: an ablation),
+`pairs=both|samples|corruptions` (where the reviser's ranked pairs come from).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from alignment.config_files import sibling
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    sft = sibling(__file__, "sft")
+    args = sft.parse_arg(arg, {"tiny": False, "task": "sorting", "label_format": "full", "filter": "none",
+                               "pairs": "both"})
+    tiny = bool(args["tiny"])
+    c = sft.base_config("sft", {"tiny": tiny, "loss": "sft"})  # engine settings shared by every stage
+    c.kind = "seft"
+    c.task = str(args["task"])
+    # knobs of the task (alignment.tasks.get_task(task, **task_options)): sorting of 3-5 distinct
+    # digits, where a tiny character model learns the task and a reviser has errors left to fix
+    c.task_options = ml_collections.ConfigDict(
+        {"length": (3, 5), "value_range": (0, 9)} if c.task == "sorting" else {})
+    c.tensorboard = False
+    c.progress_bar = False
+    c.seft = ml_collections.ConfigDict({
+        "num_labeled": 64 if tiny else 2048,  # train prompts with a demonstration (SFT stage, reviser pairs)
+        "num_unlabeled": 64 if tiny else 8192,  # further train prompts, never shown with a demonstration
+        # SFT of model.init_from ("" = fresh preset) on the labeled demonstrations; 0 = model.init_from
+        # already is the SFT policy
+        "sft_steps": 40 if tiny else 0,
+        "sft_learning_rate": 3e-3 if tiny else 1e-5,
+        "rounds": 1 if tiny else 2,
+        "round_steps": 20 if tiny else 500,  # SFT steps per round on (x, y') (+ the labeled rows)
+        "round_learning_rate": 1e-3 if tiny else 5e-6,
+        "mix_labeled": True,  # each round also trains on the labeled demonstrations
+        "filter": str(args["filter"]),  # none | changed | oracle_not_worse
+        "source_policy": "",  # HF folder: external evolution (revise this model's drafts, not pi's)
+        "temperature": 1.0,  # drafts y ~ pi(x) (and the eval samples)
+        "max_new_tokens": 16 if tiny else 256,
+        "batch_size": 256,  # generation batch
+        "num_eval_prompts": 16 if tiny else 128,  # test prompts: gold reward after every round (0 = off)
+    })
+    c.reviser = ml_collections.ConfigDict({
+        "path": "",  # a trained reviser's HF folder: skip the reviser stage
+        "label_format": str(args["label_format"]),  # full | keep_token
+        "keep_marker": "<keep>",
+        "template": "{prompt}\ndraft: {response}\nrevision: ",  # one plain-text prompt: x and the draft y
+        "pairs": str(args["pairs"]),  # both | samples | corruptions
+        "samples_per_prompt": 2 if tiny else 4,  # SFT samples per labeled prompt, ranked by gold reward
+        "temperature": 1.0,
+        "corruptions_per_prompt": 2,  # task.corrupt(best, k ~ U{1..max_swaps}) per labeled prompt
+        "max_swaps": 2,
+        "keep_rows_per_prompt": 1,  # (x, best -> keep) rows per labeled prompt
+        "init_from": "policy",  # policy (the SFT policy's weights) | scratch (fresh model.preset)
+        "steps": 40 if tiny else 1000,
+        "learning_rate": 3e-3 if tiny else 1e-5,
+        "max_prompt_len": 64 if tiny else 1024,
+        "max_len": 96 if tiny else 1536,
+        "max_new_tokens": 16 if tiny else 256,  # greedy revision
+    })
+    c.data.max_prompt_len = 24 if tiny else 512
+    c.data.max_len = 48 if tiny else 768
+    if tiny:
+        c.global_batch_size = 16
+        c.model.logprob_chunk_size = 64
+        c.optim.warmup_steps = 4
+    c.lock()
+    return c
