@@ -167,6 +167,22 @@ def test_every_issue_loss_is_registered_with_its_family():
     assert avail[n] == "policy_gradient"
 
 
+def test_register_refuses_a_taken_name_unless_overwrite():
+  def first(*, policy_chosen_logps):
+    return policy_chosen_logps.mean(), {}
+
+  def second(*, policy_chosen_logps):
+    return -policy_chosen_logps.mean(), {}
+
+  losses.register("_test_overwrite", "preference")(first)
+  losses.register("_test_overwrite", "preference")(first)  # the same function again is fine
+  with pytest.raises(ValueError, match="already registered.*overwrite=True"):
+    losses.register("_test_overwrite", "preference")(second)
+  assert losses.get("_test_overwrite") is first
+  losses.register("_test_overwrite", "preference", overwrite=True)(second)
+  assert losses.get("_test_overwrite") is second
+
+
 def test_unknown_name_lists_valid_ones():
   with pytest.raises(ValueError, match="unknown loss .dpoo.*dpo.*sft.*grpo"):
     losses.get("dpoo")
