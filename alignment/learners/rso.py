@@ -356,7 +356,8 @@ def train_rso(config, workdir: str):
                 num_prompts=config.rso.num_eval_prompts, seed=config.seed + 1)
             if not eval_rows:
                 raise ValueError(f"rso: no held-out pair survived ({stats['eval']}); set rso.num_eval_prompts=0")
-        data_lib.write_jsonl(eval_rows, os.path.join(workdir, DATA_DIR, "test.jsonl"))
+        if eval_rows:  # an empty test.jsonl would be an empty split, which the TFDS build refuses
+            data_lib.write_jsonl(eval_rows, os.path.join(workdir, DATA_DIR, "test.jsonl"))
         data_lib.write_jsonl(rows, train_file)
         with open(stats_path + ".tmp", "w") as f:
             json.dump(stats, f, indent=1)

@@ -56,7 +56,7 @@ TASK_KWARGS = {"length": (3, 4), "value_range": (0, 9)}  # configs/ppo.py TINY_T
 def settings_for(quick: bool) -> dict:
     """Every knob of the run (recorded in results.json)."""
     if quick:
-        return dict(sft_steps=150, sft_prompts=1024, steps=2, prompts=8, group=8, epochs=1, lr=3e-5, score_coef=0.03,
+        return dict(sft_steps=80, sft_prompts=512, steps=2, prompts=8, group=8, epochs=1, lr=3e-5, score_coef=0.03,
                     eval_prompts=8, eval_samples=2, max_new_tokens=12, methods=["sail", "offline_dpo"])
     return dict(sft_steps=300, sft_prompts=2048, steps=30, prompts=8, group=8, epochs=2, lr=3e-5, score_coef=0.03,
                 eval_prompts=64, eval_samples=4, max_new_tokens=12, methods=["sail", "online_dpo", "offline_dpo"])

@@ -43,7 +43,7 @@ FORMS = {"sr_ppo": "sum", "sr_ppo_token_mean": "token_mean"}
 def settings_for(quick: bool) -> dict:
     """Every knob of the run (recorded in results.json)."""
     if quick:
-        return dict(sft_steps=150, sft_prompts=1024, base_steps=10, steps=2, prompts=8, group=8, epochs=1, lr=3e-5,
+        return dict(sft_steps=80, sft_prompts=512, base_steps=10, steps=2, prompts=8, group=8, epochs=1, lr=3e-5,
                     kl_coef=0.05, eval_prompts=8, eval_samples=2, max_new_tokens=12, forms=["sr_ppo"])
     return dict(sft_steps=300, sft_prompts=2048, base_steps=30, steps=30, prompts=8, group=8, epochs=2, lr=3e-5,
                 kl_coef=0.05, eval_prompts=64, eval_samples=4, max_new_tokens=12, forms=list(FORMS))
