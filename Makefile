@@ -21,4 +21,4 @@ run: install
 
 # two workers (one per core), a test file per worker so module fixtures are built once
 test: install-test
-	$(BIN)/python -m pytest -q -n 3 --dist loadfile --durations=20 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=20 tests

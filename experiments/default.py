@@ -58,31 +58,9 @@ def _check_workdir(config, workdir: str) -> None:
         _write_json(current, path)
 
 
-def make_pairs(task, prompts, texts, rewards, *, samples_per_prompt: int, min_margin: float):
-    """(prompt, chosen, rejected) rows: per prompt, the highest- against the lowest-reward sample,
-    when their gold rewards differ by at least `min_margin` and both texts are non-empty."""
-    import numpy as np
-    k = samples_per_prompt
-    rows, dropped = [], 0
-    for i, prompt in enumerate(prompts):
-        r = np.asarray(rewards[i * k:(i + 1) * k], np.float64)
-        t = texts[i * k:(i + 1) * k]
-        ok = [j for j in range(k) if t[j].strip()]
-        if len(ok) < 2:
-            dropped += 1
-            continue
-        best = max(ok, key=lambda j: r[j])
-        worst = min(ok, key=lambda j: r[j])
-        if r[best] - r[worst] < min_margin or t[best] == t[worst]:
-            dropped += 1
-            continue
-        rows.append({"prompt": prompt, "chosen": t[best], "rejected": t[worst],
-                     "chosen_reward": float(r[best]), "rejected_reward": float(r[worst])})
-    return rows, dropped
-
-
 def _sample_pairs(config, task, tokenizer, sft_hf: str, out_dir: str) -> dict:
     from alignment import data as data_lib
+    from alignment.learners import pairs as pairs_lib
     from alignment.learners import stages
     path = os.path.join(out_dir, "train.jsonl")
     stats_path = os.path.join(out_dir, "stats.json")
@@ -96,8 +74,8 @@ def _sample_pairs(config, task, tokenizer, sft_hf: str, out_dir: str) -> dict:
                           batch_size=p.batch_size).flat()
     flat_prompts = [q for q in prompts for _ in range(p.samples_per_prompt)]
     rewards = task.gold_rewards(flat_prompts, texts)
-    rows, dropped = make_pairs(task, prompts, texts, rewards, samples_per_prompt=p.samples_per_prompt,
-                               min_margin=p.min_margin)
+    rows, dropped = pairs_lib.best_worst_rows(prompts, texts, rewards, samples_per_prompt=p.samples_per_prompt,
+                                              min_margin=p.min_margin)
     if not rows:
         raise ValueError(f"pairs: none of the {len(prompts)} prompts gave two samples whose gold rewards differ "
                          f"by >= pairs.min_margin={p.min_margin}; sample more (pairs.samples_per_prompt)")

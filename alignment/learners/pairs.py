@@ -154,3 +154,25 @@ def make_pairs(rewards_GxK, *, strategy: str, seed: int = 0, mask_GxK=None, marg
     gap = (rewards[group, chosen] - rewards[group, rejected]).astype(np.float32)
     return Pairs(group=group, chosen=chosen, rejected=rejected, margin=gap, num_ties=ties,
                  num_below_margin=below, num_groups_without_pair=empty)
+
+
+def best_worst_rows(prompts, texts, scores, *, samples_per_prompt: int, min_margin: float):
+    """Per prompt, the highest- vs the lowest-scoring of its `samples_per_prompt` consecutive
+    samples (non-empty ones only), kept when the scores differ by >= `min_margin` and the texts
+    differ. Returns (rows of prompt/chosen/rejected/chosen_reward/rejected_reward, dropped count)."""
+    k = samples_per_prompt
+    if len(texts) != len(prompts) * k or len(scores) != len(texts):
+        raise ValueError(f"best_worst_rows: {len(prompts)} prompts x {k} samples != {len(texts)} texts / "
+                         f"{len(scores)} scores")
+    rows, dropped = [], 0
+    for i, prompt in enumerate(prompts):
+        r, t = np.asarray(scores[i * k:(i + 1) * k], np.float64), texts[i * k:(i + 1) * k]
+        ok = [j for j in range(k) if t[j].strip()]
+        best = max(ok, key=lambda j: r[j]) if len(ok) > 1 else None
+        worst = min(ok, key=lambda j: r[j]) if len(ok) > 1 else None
+        if best is None or r[best] - r[worst] < min_margin or t[best] == t[worst]:
+            dropped += 1
+            continue
+        rows.append({"prompt": prompt, "chosen": t[best], "rejected": t[worst],
+                     "chosen_reward": float(r[best]), "rejected_reward": float(r[worst])})
+    return rows, dropped

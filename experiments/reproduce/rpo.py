@@ -43,7 +43,8 @@ import time
 
 import numpy as np
 
-from experiments.reproduce import common
+from alignment.learners.pairs import best_worst_rows as best_worst_pairs
+from experiments.reproduce import common, rso
 
 NAME = "rpo"
 PAPER = ("Liu et al., 2024, Provably Mitigating Overoptimization in RLHF (RPO); Pang et al., 2024, "
@@ -90,43 +91,9 @@ def length_proxy(prompts, responses, *, task, length_weight: float) -> np.ndarra
     return gold + length_weight * words
 
 
-def best_worst_pairs(prompts, texts, scores, *, samples_per_prompt: int, min_margin: float):
-    """Per prompt, the highest- vs the lowest-scoring of its `samples_per_prompt` consecutive
-    samples (non-empty ones only), kept when the scores differ by >= `min_margin` and the texts
-    differ. Returns (rows of prompt/chosen/rejected/chosen_reward/rejected_reward, dropped count)."""
-    k = samples_per_prompt
-    if len(texts) != len(prompts) * k or len(scores) != len(texts):
-        raise ValueError(f"best_worst_pairs: {len(prompts)} prompts x {k} samples != {len(texts)} texts / "
-                         f"{len(scores)} scores")
-    rows, dropped = [], 0
-    for i, prompt in enumerate(prompts):
-        r, t = np.asarray(scores[i * k:(i + 1) * k], np.float64), texts[i * k:(i + 1) * k]
-        ok = [j for j in range(k) if t[j].strip()]
-        best = max(ok, key=lambda j: r[j]) if len(ok) > 1 else None
-        worst = min(ok, key=lambda j: r[j]) if len(ok) > 1 else None
-        if best is None or r[best] - r[worst] < min_margin or t[best] == t[worst]:
-            dropped += 1
-            continue
-        rows.append({"prompt": prompt, "chosen": t[best], "rejected": t[worst],
-                     "chosen_reward": float(r[best]), "rejected_reward": float(r[worst])})
-    return rows, dropped
-
-
 # ----------------------------------------------------------------------------- stages
 
-def base_policy() -> str:
-    """The shipped tiny sentiment base (the default experiment's `pretrain` config)."""
-    from alignment import config_files, pretrain
-    cfg = config_files.get_config(os.path.join(REPO, "configs", "default.py"))
-    return str(pretrain.build_base(cfg.pretrain))
-
-
-def sft(base: str, workdir: str, seed: int, s: dict) -> str:
-    from alignment.learners import stages
-    c = s["sft"]
-    return stages.sft_policy(s["task"], os.path.join(workdir, "sft"), steps=c["steps"], num_prompts=c["num_prompts"],
-                             seed=seed, tokenizer=base, init_from=base, lr=c["lr"], batch=c["batch"],
-                             max_prompt_len=c["max_prompt_len"], max_len=c["max_len"])
+base_policy, sft = rso.base_policy, rso.sft  # the same shipped base and SFT stage as the RSO reproduction
 
 
 def proxy_pairs(sft_hf: str, tokenizer, task, out_dir: str, seed: int, s: dict) -> dict:
