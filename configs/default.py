@@ -19,26 +19,12 @@ from alignment.config_files import sibling
 
 def _stage(config, *, steps: int, batch: int, lr: float, warmup: int, task: str, max_prompt_len: int,
            max_len: int):
-    config.num_train_steps = steps
-    config.global_batch_size = batch
-    config.checkpoint_every_steps = steps
-    config.keep_checkpoints = 1
-    config.checkpoint_async = False
-    config.log_every_steps = max(1, steps // 10)
-    config.eval_every_steps = 0
-    config.export_hf = True
+    from alignment.learners import stages
     config.task = task
-    config.tensorboard = False
-    config.progress_bar = False
     config.model.logprob_chunk_size = 64
-    config.optim.learning_rate = lr
-    config.optim.warmup_steps = warmup
-    config.optim.weight_decay = 0.0
     config.data.source = "jsonl"
-    config.data.format = "plain"
-    config.data.max_prompt_len = max_prompt_len
-    config.data.max_len = max_len
-    return config
+    return stages.short_stage(config, steps=steps, batch=batch, lr=lr, warmup=warmup,
+                              max_prompt_len=max_prompt_len, max_len=max_len)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -86,6 +86,14 @@ def markdown_report(result: Mapping[str, Any], *, title: str = "Evaluation") -> 
     return "\n".join(out) + "\n"
 
 
+def read_json(path: str) -> Any:
+    """The JSON at `path`, or None when there is no such file (a stage that has not run yet)."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def write_json(obj: Any, path: str) -> str:
     """Writes `obj` as indented JSON (refusing NaN/Inf, which JSON cannot hold) and returns `path`."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -369,8 +369,5 @@ def train_rso(config, workdir: str):
 
 def summary(workdir: str) -> Optional[dict]:
     """The generation statistics `train_rso` wrote (None before it ran)."""
-    path = os.path.join(workdir, STATS_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    from alignment.evaluation import read_json
+    return read_json(os.path.join(workdir, STATS_FILE))

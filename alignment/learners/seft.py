@@ -488,11 +488,8 @@ def train_seft(config, workdir: str) -> dict:
 
 def summary(workdir: str) -> Optional[dict]:
     """What `train_seft` wrote to WORKDIR/seft.json (None before it finished)."""
-    path = os.path.join(workdir, SUMMARY_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    from alignment.evaluation import read_json
+    return read_json(os.path.join(workdir, SUMMARY_FILE))
 
 
 __all__ = ["FILTERS", "LABEL_FORMATS", "PAIR_SOURCES", "check_seft_config", "parse_revision", "reviser_prompt",

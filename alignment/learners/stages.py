@@ -62,13 +62,10 @@ def run_stage(config, workdir: str) -> str:
     return hf
 
 
-def sft_stage_config(*, steps: int, preset: str = "tiny", lr: float = 3e-3, batch: int = 32,
-                     max_prompt_len: int = 32, max_len: int = 64):
-    """The engine config of a short SFT stage (`configs/sft.py` defaults, cosine schedule, one
-    checkpoint at the end, exported to WORKDIR/hf)."""
-    from alignment import config_files
-    c = config_files.load_file(STAGE_DEFAULTS_FILE).base_config("sft", {"tiny": preset == "tiny", "loss": "sft"})
-    c.model.preset = preset
+def short_stage(c, *, steps: int, batch: int, lr: float, warmup: int, max_prompt_len: int, max_len: int):
+    """Sets engine config `c` up as one stage of a multi-run experiment: `steps` steps, one
+    checkpoint at the end, exported to WORKDIR/hf, no eval loss or TensorBoard, plain-text data.
+    Returns `c`."""
     c.num_train_steps = steps
     c.global_batch_size = batch
     c.checkpoint_every_steps = steps
@@ -80,12 +77,23 @@ def sft_stage_config(*, steps: int, preset: str = "tiny", lr: float = 3e-3, batc
     c.tensorboard = False
     c.progress_bar = False
     c.optim.learning_rate = lr
-    c.optim.warmup_steps = max(1, min(steps // 10, 50))
+    c.optim.warmup_steps = warmup
     c.optim.weight_decay = 0.0
     c.data.format = "plain"
     c.data.max_prompt_len = max_prompt_len
     c.data.max_len = max_len
     return c
+
+
+def sft_stage_config(*, steps: int, preset: str = "tiny", lr: float = 3e-3, batch: int = 32,
+                     max_prompt_len: int = 32, max_len: int = 64):
+    """The engine config of a short SFT stage (`configs/sft.py` defaults, cosine schedule, one
+    checkpoint at the end, exported to WORKDIR/hf)."""
+    from alignment import config_files
+    c = config_files.load_file(STAGE_DEFAULTS_FILE).base_config("sft", {"tiny": preset == "tiny", "loss": "sft"})
+    c.model.preset = preset
+    return short_stage(c, steps=steps, batch=batch, lr=lr, warmup=max(1, min(steps // 10, 50)),
+                       max_prompt_len=max_prompt_len, max_len=max_len)
 
 
 def sft_policy(task_name: str, workdir: str, *, steps: int, num_prompts: int, seed: int, preset: str = "tiny",

@@ -58,8 +58,7 @@ def settings_for(quick: bool) -> dict:
     """Every knob of the run (recorded in results.json)."""
     return {
         "task": "sentiment",
-        "sft": {"steps": 3 if quick else 60, "num_prompts": 64 if quick else 2048, "batch": 16 if quick else 64,
-                "lr": 1e-3, "max_prompt_len": 24, "max_len": 48},
+        "sft": rso.settings_for(quick)["sft"],  # the RSO reproduction's SFT stage, shared through the workdir
         "pairs": {"num_prompts": 16 if quick else 256, "samples_per_prompt": 4, "max_new_tokens": 24,
                   "temperature": 1.0, "min_margin": 0.05, "num_test": 4 if quick else 32},
         # proxy reward per word: two extra words outweigh the gap between a neutral and a clearly
