@@ -129,3 +129,13 @@ def write_run_record(workdir: str, record: dict[str, Any]) -> str:
         json.dump(record, f, indent=2, sort_keys=True, default=str)
     os.replace(path + ".tmp", path)
     return path
+
+
+def update_run_record(workdir: str, **fields: Any) -> str:
+    """Adds `fields` to an existing `WORKDIR/run.json` (e.g. the task options a pipeline knows and
+    its final training stage does not), atomically; returns its path."""
+    path = os.path.join(workdir, RUN_RECORD)
+    with open(path) as f:
+        record = json.load(f)
+    record.update(fields)
+    return write_run_record(workdir, record)

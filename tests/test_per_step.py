@@ -219,6 +219,11 @@ def test_tiny_config_end_to_end(tmp_path, monkeypatch):
     assert os.path.isfile(tmp_path / "samples" / "step_values.json")
     metrics = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
     assert metrics[-1]["step"] == 2 and metrics[-1]["pairs"] == stats["pairs"]
+    # experiments.evaluate rebuilds the run's task, its options included, from run.json
+    record = json.load(open(tmp_path / "run.json"))
+    want = json.loads(json.dumps(c.per_step.task_kwargs.to_dict()))
+    assert record["task"] == c.task and record["task_kwargs"] == want
+    assert record["task_kwargs"]  # tiny arithmetic is the easy variant, not the default task
 
 
 def test_reproduction_quick(tmp_path):

@@ -154,6 +154,8 @@ def test_tiny_config_end_to_end_through_train(tmp_path):
         assert json.loads(f.readline())["step"] == 1
     rows = [json.loads(line) for line in open(tmp_path / "round_1" / "data" / "train.jsonl")]
     assert len(rows) == 8 + r["revised_rows"]
+    record = json.load(open(tmp_path / "round_1" / "run.json"))  # what experiments.evaluate rebuilds the task from
+    assert record["task"] == c.task and record["task_kwargs"] == json.loads(json.dumps(c.task_options.to_dict()))
 
     # external evolution: the drafts are the source model's samples (here the round-1 policy), not pi's
     from alignment.learners import stages

@@ -481,6 +481,7 @@ def step_values_for(config, task, tokenizer, sft_hf: str, samples: SampleSet, sa
 
 def train_per_step(config, workdir: str):
     """pi_sft -> samples -> RFT data or per-step / naive pairs -> the final stage in `workdir`."""
+    from alignment import checkpoint as ckpt_lib
     from alignment import train as train_lib
     from alignment.learners.validation import validate_config
     check_per_step_config(config)
@@ -518,7 +519,10 @@ def train_per_step(config, workdir: str):
     data_lib.write_jsonl(rows, os.path.join(workdir, DATA_DIR, "train.jsonl"))
     extra = {k: float(v) for k, v in counts.items() if isinstance(v, (int, float)) and np.isfinite(v)}
     extra["sample_accuracy"] = stats["sample_accuracy"]
-    return train_lib.train(method_config(config, workdir, sft_hf), workdir, extra_metrics=extra)
+    state = train_lib.train(method_config(config, workdir, sft_hf), workdir, extra_metrics=extra)
+    # experiments.evaluate rebuilds the task from run.json; the DPO stage's record knows only its name
+    ckpt_lib.update_run_record(workdir, task_kwargs=s.task_kwargs.to_dict())
+    return state
 
 
 def summary(workdir: str) -> dict | None:

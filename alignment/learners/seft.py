@@ -413,6 +413,7 @@ def _gold_eval(policy_hf, tokenizer, task, config) -> float:
 def train_seft(config, workdir: str) -> dict:
     """SFT policy -> reviser -> `seft.rounds` of sample / revise / SFT; returns the summary that
     is also written to WORKDIR/seft.json; its "policy" is the final policy's HF folder."""
+    from alignment import checkpoint as ckpt_lib
     from alignment import metrics as metrics_lib
     from alignment import models
     from alignment import train as train_lib
@@ -472,6 +473,8 @@ def train_seft(config, workdir: str) -> dict:
                                  max_prompt_len=config.data.max_prompt_len, max_len=config.data.max_len,
                                  init_from=policy_hf, data_dir=os.path.join(rdir, "data"), task=config.task)
                 hf = stages.run_stage(c, rdir)
+                # experiments.evaluate --workdir ROUND_DIR rebuilds the task from run.json
+                ckpt_lib.update_run_record(rdir, task_kwargs=config.task_options.to_dict())
                 if s.num_eval_prompts:
                     stats["eval_gold"] = _gold_eval(hf, tokenizer, task, config)
                 write_json(stats, stats_path)
