@@ -158,5 +158,7 @@ def test_rso_quick_runs_end_to_end(tmp_path):
             assert stats["generation"]["reward"]["path"] == os.path.join(d, "rm", "hf")
             assert stats["train"]["prompts"] == s["num_prompts"] and stats["train"]["samples_per_prompt"] == n
             assert stats["train"]["accepted_per_prompt"] == s["num_accepted"]
+            # rso.num_eval_prompts=0: a train split only (an empty test split would fail the TFDS build)
+            assert os.listdir(os.path.join(d, key, "rso_data")) == ["train.jsonl"]
         run = json.load(open(os.path.join(d, "rso_dpo_b0.5", "run.json")))
         assert run["loss"] == "dpo" and run["reference"] == os.path.join(d, "sft", "hf")

@@ -169,9 +169,8 @@ def method_config(sampler: str, loss: str, beta: float, *, base: str, sft_hf: st
     c.reward.kind = "reward_model"
     c.reward.path = rm_hf
     r = c.rso
-    # a few held-out pairs: with rso.num_eval_prompts=0 the pipeline writes an empty test.jsonl, which
-    # the TFDS builder refuses ("No examples were yielded"); the engine's eval stays off (eval_every_steps=0)
-    r.num_prompts, r.num_eval_prompts = g["num_prompts"], 2
+    # no held-out pairs (the engine's eval is off, eval_every_steps=0): the pipeline writes no test split
+    r.num_prompts, r.num_eval_prompts = g["num_prompts"], 0
     r.num_samples, r.num_accepted = g["num_samples"], g["num_accepted"]
     r.temperature, r.top_k, r.max_new_tokens = g["temperature"], g["top_k"], g["max_new_tokens"]
     r.sft_steps = 0
