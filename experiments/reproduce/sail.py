@@ -10,7 +10,7 @@ against the SFT policy.
 
 Miniature: the embedded sorting task at the tiny online configs' size (3-4 numbers in 0..9, gold
 reward = fraction of adjacent pairs in order, 0 for a non-permutation); a tiny model SFT'd on
-demonstrations (one SFT policy, seed 0, shared by every seed and by `sr_ppo`); then per seed:
+demonstrations (one SFT policy, seed 0, shared by every seed); then per seed:
   sail         configs/sail.py:tiny (variant pr, the task's gold reward as the reward model),
                `steps` online steps of `prompts` prompts x `group` samples, all pairs of a
                group with different gold rewards (up to `group` per group; ties never paired),
@@ -62,7 +62,7 @@ def settings_for(quick: bool) -> dict:
                 eval_prompts=64, eval_samples=4, max_new_tokens=12, methods=["sail", "online_dpo", "offline_dpo"])
 
 
-# ----------------------------------------------------------------------------- shared with sr_ppo.py
+# ----------------------------------------------------------------------------- also used by online_gains.py
 
 def make_task():
     from alignment import tasks
