@@ -12,6 +12,7 @@ import pytest
 from alignment import config_files
 
 from alignment import train
+from alignment.learners import rollout
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONTRACT_KEYS = ("reward_mean", "kl", "entropy", "response_length", "gen_tokens_per_s", "train_tokens_per_s")
@@ -39,19 +40,25 @@ _OVERRIDES = {("sail", "tiny,variant=mix"): {"offline_fraction": 0.5, "pairing":
 
 
 def _run(name, arg, root):
-    """One 2-step run per (config, arg) per session; the resume test reuses the GRPO one."""
+    """One 2-step run per (config, arg) per session; the resume test reuses the GRPO one.
+    Returns (workdir, final state, how many times the rollout sampler was traced)."""
     if (name, arg) not in _RUNS:
         workdir = pathlib.Path(root) / f"{name}_{arg}".replace(",", "_").replace("=", "-")
-        _RUNS[name, arg] = workdir, train.train(_config(name, arg, **_OVERRIDES.get((name, arg), {})), str(workdir))
+        before = rollout.TRACE_COUNT[0]
+        state = train.train(_config(name, arg, **_OVERRIDES.get((name, arg), {})), str(workdir))
+        _RUNS[name, arg] = workdir, state, rollout.TRACE_COUNT[0] - before
     return _RUNS[name, arg]
 
 
 @pytest.mark.parametrize("name,arg", [("grpo", "tiny,variant=rloo"), ("ppo", "tiny"), ("sr_ppo", "tiny"),
                                       ("online_dpo", "tiny"), ("sail", "tiny,variant=mix")])
 def test_tiny_config_runs_end_to_end(name, arg, tmp_path_factory):
-    workdir, state = _run(name, arg, tmp_path_factory.getbasetemp())
+    workdir, state, traces = _run(name, arg, tmp_path_factory.getbasetemp())
     lines = _lines(workdir)
     assert [r["step"] for r in lines] == [1, 2]
+    # the sampler is traced at most once per run (batch and prompt length stay fixed across steps; a
+    # retrace per step would count 2), and not at all when an earlier run compiled the same shape
+    assert traces <= 1
     for r in lines:
         for key in CONTRACT_KEYS:
             assert key in r and np.isfinite(r[key]), (name, key, r)
@@ -74,7 +81,7 @@ def test_tiny_config_runs_end_to_end(name, arg, tmp_path_factory):
 
 
 def test_resume_after_interruption_continues_exactly(tmp_path, tmp_path_factory):
-    full, state_full = _run("grpo", "tiny,variant=rloo", tmp_path_factory.getbasetemp())
+    full, state_full, _ = _run("grpo", "tiny,variant=rloo", tmp_path_factory.getbasetemp())
     # a run killed after step 1: its step-2 checkpoint never got written
     cut = tmp_path / "cut"
     shutil.copytree(full, cut)

@@ -77,6 +77,5 @@ def test_quick_run_writes_results_with_per_seed_gold_and_reuses_its_stages(tmp_p
     assert [r["method"] for r in sr["rows"]] == ["sft", "sr_ppo"] and isinstance(sr["supported"], bool)
     assert sr["settings"]["base"] == res["settings"]["base"] != sr["settings"]["sft_policy"]
     assert sorted(p.name for p in (tmp_path / "runs").glob("sft*")) == ["sft"]
-    # the same SFT policy on the same held-out prompts and sampling seed: the same starting gold
-    assert sr["rows"][0]["gold_reward"] == first["rows"][0]["gold_reward"]
-    assert math.isfinite(sr["rows"][1]["gold_reward"]["values"][0])
+    # the same SFT policy, prompts and sampling seed, and the same run (reused): the same numbers
+    assert sr["rows"] == first["rows"]  # quick online_gains runs sr_ppo only

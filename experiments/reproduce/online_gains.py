@@ -61,7 +61,7 @@ def settings_for(quick: bool) -> dict:
     if quick:
         return dict(sft=rso.settings_for(True)["sft"], steps=1, prompts=4, group=4, epochs=1, lr=1e-4,
                     max_prompt_len=24, max_new_tokens=8, eval_prompts=4, eval_samples=2,
-                    methods=["online_dpo"])
+                    methods=["sr_ppo"])  # the PPO path with a second frozen model; sr_ppo --quick reuses it
     return dict(sft=rso.settings_for(False)["sft"], steps=30, prompts=8, group=8, epochs=2, lr=1e-4,
                 max_prompt_len=24, max_new_tokens=24, eval_prompts=128, eval_samples=4,
                 methods=[m for m in METHODS if m != "sr_ppo_token_mean"])
