@@ -1,6 +1,7 @@
 """Each online config's `tiny` arg runs end to end through `alignment.train.train` (2 steps on the
-8 fake devices) and writes `reward_mean` and `kl` to metrics.jsonl; an interrupted run resumes
-to the same parameters as an uninterrupted one."""
+8 fake devices) and writes `reward_mean` and `kl` to metrics.jsonl, compiling its sampler once;
+an interrupted run resumes to the same parameters as an uninterrupted one; the sampler reads the
+learner's parameter buffers, not a copy."""
 import json
 import pathlib
 import shutil
@@ -94,3 +95,32 @@ def test_resume_after_interruption_continues_exactly(tmp_path, tmp_path_factory)
     assert [r["step"] for r in cut_lines] == [1, 2]
     for key in ("reward_mean", "kl", "loss"):
         assert cut_lines[1][key] == pytest.approx(full_lines[1][key], abs=1e-5)
+
+
+def test_sampler_reads_the_learners_parameter_buffers_without_a_copy(tmp_path, monkeypatch):
+    """Each step samples from the very buffers the step's first update then receives (and donates):
+    the policy is not copied for generation."""
+    seen = {"sampled": [], "trained": []}
+
+    def buffers(tree):
+        return [s.data.unsafe_buffer_pointer() for leaf in jax.tree.leaves(tree) for s in leaf.addressable_shards]
+
+    def spy(make, key, of):
+        def wrapped_make(*a, **k):
+            fn = make(*a, **k)
+
+            def call(first, *rest):
+                seen[key].append(buffers(of(first)))
+                return fn(first, *rest)
+            return call
+        return wrapped_make
+
+    monkeypatch.setattr(rollout, "make_sampler", spy(rollout.make_sampler, "sampled", lambda p: p))
+    monkeypatch.setattr(train, "make_train_step", spy(train.make_train_step, "trained", lambda s: s.params))
+    c = _config("grpo", "tiny")
+    train.train(c, str(tmp_path))
+    per_step = c.online.num_minibatches  # updates per step (ppo_epochs=1)
+    assert len(seen["sampled"]) == 2 and len(seen["trained"]) == 2 * per_step
+    # a copy made for sampling would live at other addresses while the state's buffers are alive
+    for step in range(2):
+        assert seen["sampled"][step] == seen["trained"][step * per_step], step
