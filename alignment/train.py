@@ -351,6 +351,9 @@ def train(config, workdir: str, *, extra_metrics: Mapping[str, float] | None = N
     `extra_metrics` (host floats) are added to every logged line: constants of the run that a
     pipeline computed before training, e.g. the reward of the pairs RSO generated.
     """
+    from alignment.learners import registry  # scaffold: the registry takes over dispatch
+    if config.kind in registry.kinds():
+        return registry.run(config, workdir)
     if config.kind in PIPELINES:  # a kind with its own host loop (online RL, generate-then-train)
         module, fn = PIPELINES[config.kind].split(":")
         return getattr(importlib.import_module(module), fn)(config, workdir)

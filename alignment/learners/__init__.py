@@ -4,5 +4,16 @@
 """
 
 from alignment.learners import offline
+from alignment.learners.registry import get, kinds, register, validate
 
-__all__ = ["offline"]
+
+def run(config, workdir: str):
+    """Runs `config` in `workdir` with the learner of `config.kind` (scaffold: the engine's loop
+    for the offline kinds until they register)."""
+    if config.kind in kinds():
+        return get(config.kind)(config, workdir)
+    from alignment import train  # scaffold only
+    return train.train(config, workdir)
+
+
+__all__ = ["get", "kinds", "offline", "register", "run", "validate"]
