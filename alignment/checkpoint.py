@@ -60,6 +60,13 @@ class Checkpointer:
             state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
         return restored["state"], restored["data"]
 
+    def restore_latest(self, abstract_state):
+        """`(step, state, data_state)` of the newest checkpoint, or None when there is none."""
+        step = self.latest_step()
+        if step is None:
+            return None
+        return (step, *self.restore(step, abstract_state))
+
     def wait(self) -> None:
         self._manager.wait_until_finished()
 

@@ -14,6 +14,9 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from alignment import learners
+from alignment.cli import setup_logging
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py[:arg]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics.jsonl, tensorboard")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -22,10 +25,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from alignment.cli import setup_logging
     setup_logging()
-    from alignment import train as train_lib
-    train_lib.train(_CONFIG.value, _WORKDIR.value)
+    learners.run(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

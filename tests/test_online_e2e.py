@@ -1,4 +1,4 @@
-"""Each online config's `tiny` arg runs end to end through `alignment.train.train` (2 steps on the
+"""Each online config's `tiny` arg runs end to end through `alignment.learners.run` (2 steps on the
 8 fake devices) and writes `reward_mean` and `kl` to metrics.jsonl, compiling its sampler once;
 an interrupted run resumes to the same parameters as an uninterrupted one; the sampler reads the
 learner's parameter buffers, not a copy."""
@@ -12,7 +12,7 @@ import pytest
 
 from alignment import config_files
 
-from alignment import train
+from alignment import engine, learners
 from alignment.learners import rollout
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def _run(name, arg, root):
     if (name, arg) not in _RUNS:
         workdir = pathlib.Path(root) / f"{name}_{arg}".replace(",", "_").replace("=", "-")
         before = rollout.TRACE_COUNT[0]
-        state = train.train(_config(name, arg, **_OVERRIDES.get((name, arg), {})), str(workdir))
+        state = learners.run(_config(name, arg, **_OVERRIDES.get((name, arg), {})), str(workdir))
         _RUNS[name, arg] = workdir, state, rollout.TRACE_COUNT[0] - before
     return _RUNS[name, arg]
 
@@ -87,7 +87,7 @@ def test_resume_after_interruption_continues_exactly(tmp_path, tmp_path_factory)
     cut = tmp_path / "cut"
     shutil.copytree(full, cut)
     shutil.rmtree(cut / "checkpoints" / "2")
-    state_resumed = train.train(_config("grpo", "tiny,variant=rloo"), str(cut))
+    state_resumed = learners.run(_config("grpo", "tiny,variant=rloo"), str(cut))
     for a, b in zip(jax.tree.leaves(jax.device_get(state_full.params)),
                     jax.tree.leaves(jax.device_get(state_resumed.params))):
         np.testing.assert_allclose(a, b, atol=1e-6)
@@ -116,9 +116,9 @@ def test_sampler_reads_the_learners_parameter_buffers_without_a_copy(tmp_path, m
         return wrapped_make
 
     monkeypatch.setattr(rollout, "make_sampler", spy(rollout.make_sampler, "sampled", lambda p: p))
-    monkeypatch.setattr(train, "make_train_step", spy(train.make_train_step, "trained", lambda s: s.params))
+    monkeypatch.setattr(engine, "make_train_step", spy(engine.make_train_step, "trained", lambda s: s.params))
     c = _config("grpo", "tiny")
-    train.train(c, str(tmp_path))
+    learners.run(c, str(tmp_path))
     per_step = c.online.num_minibatches  # updates per step (ppo_epochs=1)
     assert len(seen["sampled"]) == 2 and len(seen["trained"]) == 2 * per_step
     # a copy made for sampling would live at other addresses while the state's buffers are alive

@@ -13,7 +13,8 @@ import pytest
 from alignment import config_files
 
 from alignment import losses, optim, sharding
-from alignment import train as T
+from alignment import engine as T
+from alignment import learners
 from alignment.learners import online, online_pairs, pg, rollout
 from alignment.rewards.base import RewardInputs
 from alignment.tokenizer import tiny_tokenizer
@@ -142,15 +143,15 @@ def test_ppo_advantages_gae_closed_form():
     # one row, 3 response tokens, V = 0, gamma = lam = 1, no KL: A_t = R (terminal reward) everywhere
     mask = np.array([[0, 1, 1, 1]], np.int32)
     zeros = np.zeros((1, 4), np.float32)
-    adv, ret = pg.ppo_advantages(terminal_rewards_B=np.array([2.0], np.float32), old_logps_BxT=zeros,
-                                 ref_logps_BxT=zeros, values_BxT=zeros, mask_BxT=mask, kl_coef=0.1, gamma=1.0,
+    adv, ret = pg.ppo_advantages(terminal_rewards=np.array([2.0], np.float32), old_logps=zeros,
+                                 ref_logps=zeros, values=zeros, mask=mask, kl_coef=0.1, gamma=1.0,
                                  lam=1.0, whiten=False)
     np.testing.assert_allclose(np.asarray(adv), [[0, 2, 2, 2]])
     # a KL of 1 per token under kl_coef 0.5 costs 0.5 per remaining token
     old = np.array([[0, -1, -1, -1]], np.float32)
     ref = np.array([[0, -2, -2, -2]], np.float32)
-    adv, _ = pg.ppo_advantages(terminal_rewards_B=np.array([2.0], np.float32), old_logps_BxT=old, ref_logps_BxT=ref,
-                               values_BxT=zeros, mask_BxT=mask, kl_coef=0.5, gamma=1.0, lam=1.0, whiten=False)
+    adv, _ = pg.ppo_advantages(terminal_rewards=np.array([2.0], np.float32), old_logps=old, ref_logps=ref,
+                               values=zeros, mask=mask, kl_coef=0.5, gamma=1.0, lam=1.0, whiten=False)
     np.testing.assert_allclose(np.asarray(adv), [[0, 0.5, 1.0, 1.5]])
 
 

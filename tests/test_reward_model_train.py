@@ -16,7 +16,8 @@ import pytest
 from alignment import config_files
 
 from alignment import rewards, tasks
-from alignment import train as T
+from alignment import engine as T
+from alignment import learners
 from alignment.data.task_pairs import task_rows
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -32,24 +33,24 @@ def _config(arg="tiny", **updates):
 def rm_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("rm"))
     config = _config(num_train_steps=STEPS, checkpoint_every_steps=STEPS, eval_every_steps=STEPS)
-    T.train(config, workdir)
+    learners.run(config, workdir)
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     return {"workdir": workdir, "config": config, "rows": rows}
 
 
 def test_config_validates_and_has_the_reward_model_kind():
     c = _config()
-    T.validate_config(c)
+    learners.validate(c)
     assert c.kind == "reward_model" and c.data.kind == "preference" and c.loss == "bradley_terry"
     assert set(c.loss_kwargs.keys()) == {"margin", "center_rewards_coefficient"}
     assert c.tokenizer == "tiny" and c.model.preset == "tiny"
     with pytest.raises(ValueError, match="is a preference loss; kind='reward_model' needs"):
-        T.validate_config(_config(loss="dpo"))
+        learners.validate(_config(loss="dpo"))
     with pytest.raises(ValueError, match="kind='reward_model' reads 'preference' data"):
         bad = _config()
         with bad.unlocked():
             bad.data = __import__("alignment.data", fromlist=["x"]).default_data_config("sft")
-        T.validate_config(bad)
+        learners.validate(bad)
     noisy = _config("tiny,label_temperature=0.3")
     assert noisy.data.task_source.label_temperature == 0.3
 

@@ -16,7 +16,8 @@ from alignment import config_files
 from flax import nnx
 
 from alignment import losses, models, optim, sharding
-from alignment import train as T
+from alignment import engine as T
+from alignment import learners
 from alignment.learners import offline
 from alignment.tokenizer import Tokenizer, tiny_tokenizer
 
@@ -39,7 +40,7 @@ def sft_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("sft_export"))
     config = _config("sft", num_train_steps=SFT_STEPS, checkpoint_every_steps=SFT_STEPS, export_hf=True,
                      eval_every_steps=EVAL_EVERY, eval_batches=2)
-    state = T.train(config, workdir)
+    state = learners.run(config, workdir)
     graphdef, _ = T.abstract_model(T.model_config(config, tiny_tokenizer().vocab_size))
     return {"workdir": workdir, "config": config, "graphdef": graphdef,
             "params": jax.device_get(state.params)}
@@ -125,7 +126,7 @@ def test_dpo_init_from_the_export_starts_from_those_params_in_bf16_compute(sft_r
     # bf16 compute over float32 master weights, loaded from the float32 export
     config = _config("dpo", num_train_steps=2, checkpoint_every_steps=2, eval_every_steps=0,
                      tensorboard=False, **{"model.init_from": hf, "model.dtype": "bfloat16"})
-    state = T.train(config, str(tmp_path))
+    state = learners.run(config, str(tmp_path))
     # in-step reference = the loaded params, so the policy/reference margin is exactly zero
     assert _rows(tmp_path)[1]["loss"] == pytest.approx(math.log(2.0), abs=1e-6)
     ref = jax.device_get(state.ref_params)

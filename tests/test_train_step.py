@@ -11,7 +11,8 @@ import pytest
 from alignment import config_files
 
 from alignment import losses, metrics, optim, sharding
-from alignment import train as T
+from alignment import engine as T
+from alignment import learners
 from alignment.learners import offline
 
 
@@ -112,7 +113,7 @@ def test_nan_guard_stops_with_step_and_metric_and_never_checkpoints_nan(tmp_path
         config.optim.learning_rate = 1e30
         config.optim.max_grad_norm = 0.0
     with pytest.raises(metrics.NonFiniteError, match=r"at step 2: .*param_norm=inf"):
-        T.train(config, str(tmp_path))
+        learners.run(config, str(tmp_path))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1]

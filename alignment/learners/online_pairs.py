@@ -1,5 +1,7 @@
-"""Preference pairs for the online learners (online DPO, SAIL): pair slots from sampled groups,
+"""The pairwise online loop (online DPO, SAIL) and its pieces: pair slots from sampled groups,
 the weighted pair loss, and dataset pairs mixed in (SAIL-DP's relabelling by the policy).
+
+    train_pairs(config, workdir)     # the loop; `learners/online.py` describes each step
 
 Every step's batch has a fixed number of pair slots (`alignment.learners.online.preference_rows`):
 `pairs_per_group` per sampled prompt plus one per dataset pair. A slot without a pair (a group
@@ -9,20 +11,26 @@ pair with weight 0; `weighted_pair_loss` gives it exactly zero gradient and the 
 
 from __future__ import annotations
 
+import logging
+
 import jax.numpy as jnp
 import numpy as np
 
+from alignment import engine, losses
+from alignment.data import task_pairs
+from alignment.learners import offline, online, rollout
 from alignment.learners import pairs as pairs_lib
-from alignment.learners import rollout
+
+log = logging.getLogger(__name__)
 
 
-def pair_slots(scores_N: np.ndarray, group_size: int, *, strategy: str, pairs_per_group: int, seed,
+def pair_slots(scores: np.ndarray, group_size: int, *, strategy: str, pairs_per_group: int, seed,
                margin: float = 0.0):
     """(chosen rows [G*S], rejected rows [G*S], weight [G*S], stats) of `pairs.make_pairs` over
-    groups of `group_size` contiguous samples, S = `pairs_per_group` fixed slots per group so the
+    `scores` [G*K] in groups of `group_size` contiguous samples, S = `pairs_per_group` fixed slots per group so the
     batch keeps its shape. Ties never become pairs: a slot left without a pair holds the group's
     first sample against itself with weight 0 (no gradient at all, counted in `stats`)."""
-    g = np.asarray(scores_N, np.float64).reshape(-1, group_size)
+    g = np.asarray(scores, np.float64).reshape(-1, group_size)
     p = pairs_lib.make_pairs(g, strategy=strategy, seed=seed, margin=margin, max_pairs_per_group=pairs_per_group)
     n_groups = g.shape[0]
     first = np.repeat(np.arange(n_groups) * group_size, pairs_per_group)
@@ -37,13 +45,15 @@ def pair_slots(scores_N: np.ndarray, group_size: int, *, strategy: str, pairs_pe
     return chosen, rejected, weight, p.stats()
 
 
-def preference_batch(batch_np, ref_seq_N, chosen, rejected, weight) -> dict[str, np.ndarray]:
+def preference_batch(batch_np, ref_logps, chosen, rejected, weight) -> dict[str, np.ndarray]:
+    """The pair slots' preference batch: rows `chosen` / `rejected` of the rollout batch, their
+    sequence reference log-probs from `ref_logps` [N] and `pair_weight`."""
     out = {"pair_weight": np.asarray(weight, np.float32)}
     for side, rows in (("chosen", chosen), ("rejected", rejected)):
         out[f"{side}_input_ids"] = batch_np["input_ids"][rows]
         out[f"{side}_attention_mask"] = batch_np["attention_mask"][rows]
         out[f"{side}_loss_mask"] = batch_np["loss_mask"][rows]
-        out[f"reference_{side}_logps"] = ref_seq_N[rows]
+        out[f"reference_{side}_logps"] = ref_logps[rows]
     return out
 
 
@@ -52,7 +62,6 @@ def weighted_pair_loss(logprob_fn, params, batch, *, loss_fn, loss_kwargs):
     w = `batch["pair_weight"]` (0 on a slot without a pair: exactly zero gradient from it, SAIL's
     score-function term included); metrics are the same w-weighted means. Reference log-probs
     come precomputed in the batch. The loss must report its per-pair `losses`."""
-    from alignment.learners import offline
     w_B = batch["pair_weight"].astype(jnp.float32)
     pc, pr, _, _ = offline.pair_logps(logprob_fn, params, batch)
     cm = batch["chosen_loss_mask"].astype(jnp.float32)
@@ -85,7 +94,6 @@ def dataset_pairs(task, n: int, seed: int) -> tuple[list[tuple[str, str, str]], 
     (`alignment.data.task_pairs`: sorting's sorted demonstration vs a corrupted copy, sentiment's
     polarities, otherwise another prompt's demonstration); prompts whose two responses tie are
     skipped and counted."""
-    from alignment.data import task_pairs
     demos = task.demonstrations("train", n, seed)
     rng = np.random.default_rng([seed, 0x4F46464C])  # "OFFL"
     out, skipped = [], 0
@@ -129,12 +137,11 @@ def dataset_step(ds, rows, o, *, forward, params, ref_params, mesh) -> dict:
     each pair is relabelled by the current policy's implicit reward `beta * log(pi / ref)`
     (swapped when it prefers the dataset's rejected response; weight 0 on an exact tie, as at
     the start where pi == ref)."""
-    from alignment import train as T
     rows = np.asarray(rows)
     n = len(rows)
     both = {k: np.concatenate([ds[f"chosen_{k}"][rows], ds[f"rejected_{k}"][rows]])
             for k in ("input_ids", "attention_mask", "loss_mask")}
-    dev = T.to_global(both, T.batch_shardings_for(both, mesh))
+    dev = engine.to_global(both, engine.batch_shardings_for(both, mesh))
     args = (dev["input_ids"], dev["attention_mask"], dev["loss_mask"])
     ref_seq = rollout.sequence_sums(np.asarray(forward(ref_params, *args)), both["loss_mask"])
     weight = np.ones(n, np.float32)
@@ -154,3 +161,79 @@ def dataset_step(ds, rows, o, *, forward, params, ref_params, mesh) -> dict:
     out["metrics"] = {"offline_pairs": float(weight.sum()), "offline_pair_ties": float(n - weight.sum()),
                       "offline_flipped_fraction": float(swap.mean())}
     return out
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train_pairs(config, workdir: str):
+    """Runs (or resumes) a pairwise online config (`online.algorithm` online_dpo or sail) in
+    `workdir`; returns the final train state."""
+    o = config.online
+    n_off, n_on, n_pairs = online.preference_rows(o)
+    run = online.open_online(config, workdir, rows_per_step=n_on * o.group_size,
+                             rows_per_minibatch=n_pairs // o.num_minibatches, extra_rows=2 * n_off)
+    with run.ctx as ctx:
+        tx, schedule = online.make_optimizer(config, ctx.params)
+        state, st_shardings = ctx.create_state(tx)
+        logprob_fn = engine.make_logprob_fn(ctx.graphdef, config.model.logprob_chunk_size)
+        loss, kwargs = losses.get(config.loss), config.loss_kwargs.to_dict()
+
+        def loss_fn(p, ref, b):
+            return weighted_pair_loss(logprob_fn, p, b, loss_fn=loss, loss_kwargs=kwargs)
+
+        state, data_state = ctx.restore(state, st_shardings)
+        cursor = int(data_state["prompt_cursor"]) if data_state else 0
+        off_cursor = int(data_state["offline_cursor"]) if data_state else 0
+        prompts_stream = online.PromptStream(run.task.prompts("train", o.prompt_pool, config.seed), config.seed,
+                                             cursor)
+        if n_off:
+            # a disjoint seed: dataset pairs need not share prompts with the sampled ones
+            ds_rows, ds_skipped = dataset_pairs(run.task, o.prompt_pool, config.seed + 7919)
+            ds = encode_dataset_pairs(ctx.tokenizer, ds_rows, chat_template=config.data.chat_template,
+                                      max_prompt_len=o.max_prompt_len, max_new_tokens=o.max_new_tokens, pad=run.pad)
+            log.info("online: %d dataset pairs (%d prompts skipped: tied gold scores), %d per step, labels: %s",
+                     len(ds_rows), ds_skipped, n_off, o.offline_label)
+        offline_stream = online.PromptStream(range(len(ds_rows)) if n_off else [], config.seed + 1, off_cursor)
+        start = int(state.step) // (o.ppo_epochs * o.num_minibatches)
+        metrics = ctx.start_metrics(start)
+
+        def make_step(b_sh):
+            return engine.make_train_step(loss_fn, tx, state_shardings=st_shardings, batch_shardings=b_sh,
+                                          mesh=ctx.mesh, schedule=schedule)
+
+        train_step = None
+        for step_no in range(start + 1, config.num_train_steps + 1):
+            prompts = [p for p in prompts_stream.next(n_on) for _ in range(o.group_size)]
+            r = run.rollout(step_no, prompts, state.params)
+            if o.label == "reward":
+                scores = r.train_reward
+            else:  # the same forward as the reference, so pi == ref gives exact ties, not float noise
+                pol = np.asarray(run.forward(state.params, r.dev["input_ids"], r.dev["attention_mask"],
+                                             r.dev["loss_mask"]))
+                scores = o.implicit_beta * (rollout.sequence_sums(pol, r.mask) - r.seq_ref)
+            chosen, rejected, weight, stats = pair_slots(scores, o.group_size, strategy=o.pairing,
+                                                         pairs_per_group=o.pairs_per_group,
+                                                         seed=[config.seed, step_no], margin=o.pair_margin)
+            train_np = preference_batch(r.batch, r.seq_ref, chosen, rejected, weight)
+            m = dict(pairs_per_step=stats["pairs"], pair_ties=stats["pair_ties"],
+                     groups_without_pair=stats["groups_without_pair"], pair_margin=stats["pair_margin_mean"])
+            if n_off:
+                off = dataset_step(ds, offline_stream.next(n_off), o, forward=run.forward, params=state.params,
+                                   ref_params=run.ref_params, mesh=ctx.mesh)
+                m.update(off.pop("metrics"))
+                train_np = {k: np.concatenate([train_np[k], off[k]]) for k in train_np}
+            # no per-token entropy in a preference step: the sample estimate -E[log pi(y_t)]
+            m["entropy"] = float(-r.batch["old_logps"].sum() / max(r.mask.sum(), 1))
+            state, train_step, step_ms, train_tokens, train_time = online.update(
+                run, state, train_np, step_no=step_no, train_step=train_step, make_step=make_step)
+            m.update(online.mean_metrics(step_ms))
+            m.update(online.rollout_metrics(r, r.train_reward),
+                     train_tokens_per_s=train_tokens / max(train_time, 1e-9), train_time_s=train_time)
+            metrics.push(step_no, host=m)
+            if ctx.should_save(step_no):
+                ctx.save(step_no, state, {"prompt_cursor": prompts_stream.cursor,
+                                          "offline_cursor": offline_stream.cursor})
+        metrics.flush()
+        ctx.checkpointer.wait()
+        ctx.export(state.params)
+        return state

@@ -1,8 +1,9 @@
-"""Policy-gradient learners over a rollout minibatch -> `(loss, weight, metrics)` for
-`alignment.train.make_train_step`.
+"""The policy-gradient loop (PPO, GRPO and its variants, Self-Rewarding PPO) and its pieces:
+a rollout minibatch -> `(loss, weight, metrics)` for the engine's `make_train_step`.
 
     loss_fn = make_pg_loss(graphdef, loss=losses.get("grpo"), loss_kwargs={...}, with_values=False)
-    step = train.make_train_step(loss_fn, tx, ...)       # one jitted, donated update per minibatch
+    step = engine.make_train_step(loss_fn, tx, ...)      # one jitted, donated update per minibatch
+    train_pg(config, workdir)                            # the loop (`learners/online.py` has the steps)
 
 The rollout minibatch holds `input_ids`, `attention_mask`, `loss_mask` (response tokens),
 `old_logps` (sampler log-probs), `advantages` ([B] per sequence or [B, T] per token), optional
@@ -23,6 +24,12 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from alignment import advantages as adv_lib
+from alignment import engine, losses, models, sharding
+from alignment.learners import online, rollout
+from alignment.models.logprobs import shift_to_tokens, token_logprobs
 
 sg = jax.lax.stop_gradient
 
@@ -38,8 +45,6 @@ def policy_outputs(graphdef, policy_params, value_head, input_ids, attention_mas
     `alignment.models.logprobs.model_logprobs`: position t holds the quantity of token x_t given
     x_<t (its log-prob, the entropy of the distribution it was drawn from, and the value of the
     state before it), 0 where `loss_mask` (or the previous token) is not valid. One forward."""
-    from alignment import models
-    from alignment.models.logprobs import shift_to_tokens, token_logprobs
     model = models.merge(graphdef, policy_params)
     hidden_BxTxD = model(input_ids, attention_mask, return_hidden=True)
     input_ids = jnp.asarray(input_ids)
@@ -107,15 +112,110 @@ def make_value_fn(graphdef, chunk_size: int) -> Callable:
     return values
 
 
-def ppo_advantages(*, terminal_rewards_B, old_logps_BxT, ref_logps_BxT, values_BxT, mask_BxT,
-                   kl_coef: float, gamma: float, lam: float, whiten: bool):
+def ppo_advantages(*, terminal_rewards, old_logps, ref_logps, values, mask, kl_coef: float, gamma: float,
+                   lam: float, whiten: bool):
     """PPO-RLHF targets (Ziegler et al., 2019; Ouyang et al., 2022): per-token reward
     `R_t = -kl_coef * (old_logp_t - ref_logp_t) + [t = last] * r`, GAE(gamma, lam) advantages and
-    returns; advantages whitened over the batch's response tokens when `whiten`."""
-    from alignment import advantages as adv_lib
-    rewards_BxT, _ = adv_lib.token_rewards(mask=mask_BxT, terminal_rewards=terminal_rewards_B,
-                                           logps=old_logps_BxT, ref_logps=ref_logps_BxT, kl_coef=kl_coef)
-    adv, returns = adv_lib.gae(rewards=rewards_BxT, values=values_BxT, mask=mask_BxT, gamma=gamma, lam=lam)
+    returns; advantages whitened over the batch's response tokens when `whiten`.
+    `terminal_rewards` [B]; `old_logps`, `ref_logps`, `values`, `mask` [B, T]."""
+    rewards_BxT, _ = adv_lib.token_rewards(mask=mask, terminal_rewards=terminal_rewards, logps=old_logps,
+                                           ref_logps=ref_logps, kl_coef=kl_coef)
+    adv, returns = adv_lib.gae(rewards=rewards_BxT, values=values, mask=mask, gamma=gamma, lam=lam)
     if whiten:
-        adv = adv_lib.whiten(adv, mask_BxT)
+        adv = adv_lib.whiten(adv, mask)
     return adv, returns
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def load_base(config, model_cfg, mesh):
+    """pi_base of Self-Rewarding PPO: `reward.base_path` (an HF folder), or for tests and tiny runs
+    a random init of the policy's architecture with seed `config.seed + 1`."""
+    if config.reward.base_path:
+        graphdef, params, _, _ = engine.load_params(config.reward.base_path, config.model, mesh)
+        return graphdef, params
+    graphdef, params, _ = engine.init_params(model_cfg, mesh, config.seed + 1)
+    return graphdef, params
+
+
+def train_pg(config, workdir: str):
+    """Runs (or resumes) a policy-gradient online config (`online.algorithm` ppo, grpo or sr_ppo)
+    in `workdir`; returns the final train state."""
+    o = config.online
+    n_rows = o.num_prompts * o.group_size
+    run = online.open_online(config, workdir, rows_per_step=n_rows, rows_per_minibatch=n_rows // o.num_minibatches)
+    with run.ctx as ctx:
+        base = load_base(config, ctx.model_config, ctx.mesh) if o.algorithm == "sr_ppo" else None
+        with_values = o.advantage == "gae"
+        params, shardings = ctx.params, ctx.shardings
+        if with_values:
+            rep = sharding.replicated(ctx.mesh)
+            params = {"policy": params, "value_head": jax.device_put(init_value_head(ctx.model_config.d_model), rep)}
+            shardings = {"policy": shardings, "value_head": {"w": rep, "b": rep}}
+        policy_of = (lambda p: p["policy"]) if with_values else (lambda p: p)
+        tx, schedule = online.make_optimizer(config, params)
+        state, st_shardings = ctx.create_state(tx, params=params, shardings=shardings)
+        del params
+        kwargs = config.loss_kwargs.to_dict()
+        chunk = config.model.logprob_chunk_size
+        loss_fn = make_pg_loss(ctx.graphdef, loss=losses.get(config.loss), loss_kwargs=kwargs,
+                               with_values=with_values, chunk_size=chunk, value_trunk_grad=o.value_trunk_grad,
+                               use_entropy=float(kwargs.get("entropy_coef", 0.0)) != 0.0)
+        value_fn = make_value_fn(ctx.graphdef, chunk) if with_values else None
+        state, data_state = ctx.restore(state, st_shardings)
+        cursor = int(data_state["prompt_cursor"]) if data_state else 0
+        prompts_stream = online.PromptStream(run.task.prompts("train", o.prompt_pool, config.seed), config.seed,
+                                             cursor)
+        # the step counter counts optimizer updates; the online step is updates / (epochs x minibatches)
+        start = int(state.step) // (o.ppo_epochs * o.num_minibatches)
+        metrics = ctx.start_metrics(start)
+
+        def make_step(b_sh):
+            return engine.make_train_step(loss_fn, tx, state_shardings=st_shardings, batch_shardings=b_sh,
+                                          mesh=ctx.mesh, schedule=schedule)
+
+        train_step = None
+        for step_no in range(start + 1, config.num_train_steps + 1):
+            prompts = [p for p in prompts_stream.next(o.num_prompts) for _ in range(o.group_size)]
+            r = run.rollout(step_no, prompts, policy_of(state.params))
+            mask = r.mask
+            if o.algorithm == "sr_ppo":
+                base_logps = np.asarray(run.forward(base[1], r.dev["input_ids"], r.dev["attention_mask"],
+                                                    r.dev["loss_mask"]))
+                train_reward = r.seq_ref - rollout.sequence_sums(base_logps, mask)  # log pi_sft - log pi_base
+                if o.log_ratio_reward == "token_mean":  # removes the sum's pull towards long responses
+                    train_reward = train_reward / np.maximum(mask.sum(-1), 1).astype(np.float32)
+            else:
+                train_reward = r.train_reward
+            if o.advantage == "gae":
+                old_values = np.asarray(value_fn(state.params, r.dev["input_ids"], r.dev["attention_mask"],
+                                                 r.dev["loss_mask"]))
+                adv, returns = ppo_advantages(
+                    terminal_rewards=train_reward, old_logps=r.batch["old_logps"], ref_logps=r.ref_logps,
+                    values=old_values, mask=mask, kl_coef=o.kl_coef, gamma=o.gamma, lam=o.lam,
+                    whiten=o.whiten_advantages)
+                train_np = dict(r.batch, advantages=np.asarray(adv), returns=np.asarray(returns),
+                                old_values=old_values)
+            else:
+                shaped = train_reward - o.kl_coef * r.seq_kl  # KL in the reward (RLOO); 0 for GRPO
+                kind = {"group": "group", "group_mean": "group", "rloo": "rloo"}[o.advantage]
+                adv = rollout.group_advantages(shaped, kind=kind, group_size=o.group_size,
+                                               use_std=o.advantage == "group")
+                train_np = dict(r.batch, advantages=adv)
+                if kwargs.get("aggregation") == "dapo":
+                    train_np["num_tokens"] = np.full((n_rows,), float(mask.sum()) / o.num_minibatches, np.float32)
+            if float(kwargs.get("beta", 0.0)) > 0:
+                train_np["ref_logps"] = r.ref_logps  # KL in the loss (GRPO's k3)
+            state, train_step, step_ms, train_tokens, train_time = online.update(
+                run, state, train_np, step_no=step_no, train_step=train_step, make_step=make_step)
+            m = online.mean_metrics(step_ms)
+            m.update(online.rollout_metrics(r, train_reward),
+                     train_tokens_per_s=train_tokens / max(train_time, 1e-9), train_time_s=train_time)
+            m.setdefault("clip_fraction", 0.0)  # reinforce without clipping never clips
+            metrics.push(step_no, host=m)
+            if ctx.should_save(step_no):
+                ctx.save(step_no, state, {"prompt_cursor": prompts_stream.cursor, "offline_cursor": 0})
+        metrics.flush()
+        ctx.checkpointer.wait()
+        ctx.export(policy_of(state.params))
+        return state

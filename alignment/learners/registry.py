@@ -41,6 +41,8 @@ def validate(config) -> None:
         check(config)
 
 
-def run(config, workdir: str):
-    """Runs (or resumes) `config` in `workdir` with the learner registered for `config.kind`."""
-    return get(config.kind)(config, workdir)
+def run(config, workdir: str, **kwargs):
+    """Validates `config`, then runs (or resumes) it in `workdir` with the learner registered for
+    `config.kind` (`kwargs` go to that learner, e.g. `extra_metrics` for the offline kinds)."""
+    validate(config)
+    return get(config.kind)(config, workdir, **kwargs)

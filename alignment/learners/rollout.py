@@ -1,8 +1,8 @@
 """Rollouts for the online learners: prompts -> KV-cache samples -> scored rollout batch.
 
-    prompt_ids_BxP, prompt_mask_BxP = encode_prompt_batch(tokenizer, prompts, ...)  # left-padded, fixed P
-    sample = sampler(params, prompt_ids_BxP, prompt_mask_BxP, key)   # one compile per (B, P, N)
-    batch = assemble(prompt_ids_BxP, prompt_mask_BxP, sample)        # [B, P + N] arrays
+    prompt_ids, prompt_mask, _ = encode_prompt_batch(tokenizer, prompts, ...)  # left-padded, fixed P
+    sample = sampler(params, prompt_ids, prompt_mask, key)     # one compile per (B, P, N)
+    batch = assemble(prompt_ids, prompt_mask, sample.tokens, sample.logprobs, sample.lengths, pad)
 
 The rollout batch is the policy's view of its own samples, in the project's log-prob convention
 (`logps[:, t] = log p(x_t | x_<t)`): `input_ids` = left-padded prompt then the response,
@@ -20,14 +20,19 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from alignment import advantages, models, tasks
+from alignment import rewards as rewards_lib
+from alignment.evaluation.harness import decode_response, encode_prompts, strip_eos
+from alignment.models.logprobs import model_logprobs
+from alignment.rewards import programmatic
 from alignment.rewards.base import RewardInputs, check_rewards
+from alignment.sampling import SamplingParams, sample_arrays
 
 
 def encode_prompt_batch(tokenizer, prompts: Sequence[str], *, chat_template: bool, max_prompt_len: int):
     """(ids [N, P], mask [N, P], id lists) with prompts right-aligned in P = `max_prompt_len` columns
     (BOS + prompt, or the chat template's user turn + generation prompt, as in SFT). A prompt longer
     than P is an error naming it: cutting it would change the task the reward scores."""
-    from alignment.evaluation.harness import encode_prompts
     id_lists = encode_prompts(tokenizer, prompts, chat_template=chat_template)
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     ids = np.full((len(prompts), max_prompt_len), pad, np.int32)
@@ -47,28 +52,25 @@ TRACE_COUNT = [0]  # traces of the rollout sampler (one per shape bucket); tests
 @functools.lru_cache(maxsize=8)  # runs in one process (tests, sweeps) share the compiled program
 def make_sampler(graphdef, *, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
                  stop_ids: tuple[int, ...], pad_id: int) -> Callable:
-    """Jitted `sampler(params, prompt_ids_BxP, prompt_mask_BxP, key) -> SampleArrays`.
+    """Jitted `sampler(params, prompt_ids, prompt_mask, key) -> SampleArrays` ([B, P] prompts).
 
     `params` is the learner's own parameter pytree (no copy is made): sampling reads the buffers
     the next update will donate. Static settings are bound here, so the program is compiled once
     per (B, P) shape; the online loop keeps both fixed."""
-    from alignment.sampling import SamplingParams, sample_arrays
     sp = SamplingParams(temperature=float(temperature), top_k=top_k or None, top_p=top_p if top_p < 1.0 else None)
 
     @jax.jit
-    def sampler(params, prompt_ids_BxP, prompt_mask_BxP, key):
+    def sampler(params, prompt_ids, prompt_mask, key):
         TRACE_COUNT[0] += 1
-        return sample_arrays(graphdef, params, prompt_ids_BxP, prompt_mask_BxP, key,
+        return sample_arrays(graphdef, params, prompt_ids, prompt_mask, key,
                              max_new_tokens=max_new_tokens, params=sp, stop_ids=stop_ids, pad_id=pad_id)
     return sampler
 
 
 @functools.lru_cache(maxsize=8)
 def make_forward(graphdef, chunk_size: int) -> Callable:
-    """Jitted `forward(params, input_ids, attention_mask, loss_mask) -> logps_BxT` (float32), for the
-    frozen models' log-probs of a rollout (reference, base)."""
-    from alignment import models
-    from alignment.models.logprobs import model_logprobs
+    """Jitted `forward(params, input_ids, attention_mask, loss_mask) -> logps` ([B, T] float32), for
+    the frozen models' log-probs of a rollout (reference, base)."""
 
     @jax.jit
     def forward(params, input_ids, attention_mask, loss_mask):
@@ -77,9 +79,12 @@ def make_forward(graphdef, chunk_size: int) -> Callable:
     return forward
 
 
-def assemble(prompt_ids_BxP: np.ndarray, prompt_mask_BxP: np.ndarray, tokens_BxN: np.ndarray,
-             logprobs_BxN: np.ndarray, lengths_B: np.ndarray, pad_id: int) -> dict[str, np.ndarray]:
-    """Host arrays of the rollout batch ([B, P + N]); see the module docstring."""
+def assemble(prompt_ids: np.ndarray, prompt_mask: np.ndarray, tokens: np.ndarray, logprobs: np.ndarray,
+             lengths: np.ndarray, pad_id: int) -> dict[str, np.ndarray]:
+    """Host arrays of the rollout batch ([B, P + N]) from prompts [B, P] and sampled `tokens`,
+    `logprobs` [B, N] with `lengths` [B]; see the module docstring."""
+    prompt_ids_BxP, prompt_mask_BxP, tokens_BxN, logprobs_BxN, lengths_B = (
+        prompt_ids, prompt_mask, tokens, logprobs, lengths)
     b, n = tokens_BxN.shape
     resp_mask_BxN = (np.arange(n)[None, :] < np.asarray(lengths_B)[:, None]).astype(np.int32)
     tokens = np.where(resp_mask_BxN == 1, tokens_BxN, pad_id).astype(np.int32)
@@ -93,11 +98,10 @@ def assemble(prompt_ids_BxP: np.ndarray, prompt_mask_BxP: np.ndarray, tokens_BxN
     }
 
 
-def decode_responses(tokenizer, tokens_BxN: np.ndarray, lengths_B: np.ndarray):
-    """(texts, id lists without EOS, ended-on-EOS flags) of the sampled responses."""
-    from alignment.evaluation.harness import decode_response, strip_eos
+def decode_responses(tokenizer, tokens: np.ndarray, lengths: np.ndarray):
+    """(texts, id lists without EOS, ended-on-EOS flags) of the sampled responses ([B, N], [B])."""
     texts, ids, ended = [], [], []
-    for row, length in zip(np.asarray(tokens_BxN), np.asarray(lengths_B)):
+    for row, length in zip(np.asarray(tokens), np.asarray(lengths)):
         body, stopped = strip_eos(row[:int(length)], tokenizer.eos_id)
         ids.append(body)
         ended.append(stopped)
@@ -117,16 +121,13 @@ def make_reward(reward_cfg, *, task, tokenizer, mesh) -> tuple[Callable, str]:
     Self-Rewarding PPO's, computed by the online loop from the policy's starting weights."""
     kind = reward_cfg.kind
     if kind in ("task", "verifier"):
-        from alignment.rewards import programmatic
         r_task = task
         if reward_cfg.task and reward_cfg.task != task.name:
-            from alignment import tasks
             r_task = tasks.get_task(reward_cfg.task)
         name = f"{kind}:{r_task.name}"
         fn = programmatic.task_reward(r_task) if kind == "task" else programmatic.verifier_reward(r_task)
         scale = float(reward_cfg.scale)
     else:
-        from alignment import rewards as rewards_lib
         name = f"{kind}:{reward_cfg.path}"
         fn, scale = rewards_lib.make_reward(reward_cfg, tokenizer=tokenizer, mesh=mesh), 1.0
 
@@ -137,8 +138,9 @@ def make_reward(reward_cfg, *, task, tokenizer, mesh) -> tuple[Callable, str]:
 
 # ----------------------------------------------------------------------------- host helpers
 
-def sequence_sums(x_BxT: np.ndarray, mask_BxT: np.ndarray) -> np.ndarray:
-    return np.sum(np.where(mask_BxT != 0, x_BxT, 0.0), axis=-1).astype(np.float32)
+def sequence_sums(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """[B] float32 sums of `x` [B, T] over the positions where `mask` [B, T] is non-zero."""
+    return np.sum(np.where(mask != 0, x, 0.0), axis=-1).astype(np.float32)
 
 
 def minibatches(batch: dict[str, Any], num_minibatches: int, rng: np.random.Generator):
@@ -153,11 +155,10 @@ def minibatches(batch: dict[str, Any], num_minibatches: int, rng: np.random.Gene
         yield {k: v[rows] for k, v in batch.items()}
 
 
-def group_advantages(rewards_N, *, kind: str, group_size: int, use_std: bool = True):
-    """[N] sequence advantages of groups of `group_size` contiguous samples per prompt."""
-    from alignment import advantages
+def group_advantages(rewards, *, kind: str, group_size: int, use_std: bool = True):
+    """[N] sequence advantages of `rewards` [N], groups of `group_size` contiguous samples per prompt."""
     if kind == "rloo":
-        out = advantages.rloo(rewards=rewards_N, group_size=group_size)
+        out = advantages.rloo(rewards=rewards, group_size=group_size)
     else:
-        out = advantages.group_normalized(rewards=rewards_N, group_size=group_size, use_std=use_std)
+        out = advantages.group_normalized(rewards=rewards, group_size=group_size, use_std=use_std)
     return np.asarray(out, np.float32)

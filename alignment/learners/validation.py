@@ -2,12 +2,14 @@
 learner, loss, reference mode, batch arithmetic, schedule and evaluation settings.
 
 Types and unknown keys are already enforced by the locked ConfigDict and the flag parser; these
-are the semantic checks across keys. `alignment.train` re-exports both functions.
+are the semantic checks across keys. `alignment.learners` registers `validate_config` for the
+offline kinds; `learners.run` calls it before anything is built.
 """
 
 from __future__ import annotations
 
-from alignment import optim
+from alignment import losses, optim, tasks
+from alignment.learners import reward_model
 from alignment.learners.offline import REFERENCE_MODES, check_supported, loss_parameters, needs_reference
 
 KINDS = ("sft", "preference", "reward_model")
@@ -24,7 +26,6 @@ def check_positive(config, keys, prefix: str = "config") -> None:
 
 def validate_config(config) -> None:
     """Raises ValueError naming the offending key(s); see the module docstring."""
-    from alignment import losses
     if config.kind not in KINDS:
         raise ValueError(f"config.kind must be one of {KINDS}, got {config.kind!r}")
     check_positive(config, ("num_train_steps", "checkpoint_every_steps", "keep_checkpoints", "global_batch_size",
@@ -42,7 +43,6 @@ def validate_config(config) -> None:
         raise ValueError(f"config.loss={config.loss!r} is a {family} loss; kind={config.kind!r} needs {want}")
     loss_fn = losses.get(config.loss)
     if config.kind == "reward_model":
-        from alignment.learners import reward_model
         reward_model.check_supported(loss_fn)
     else:
         check_supported(loss_fn, config.kind)
@@ -67,7 +67,6 @@ def validate_config(config) -> None:
     if config.eval_every_steps and config.eval_batches <= 0:
         raise ValueError(f"config.eval_batches must be positive when eval_every_steps > 0, got {config.eval_batches}")
     if config.task:
-        from alignment import tasks
         if config.task not in tasks.available():
             raise ValueError(f"config.task={config.task!r} is not an embedded task; available: {tasks.available()}")
     if config.data.kind != DATA_KINDS[config.kind]:
