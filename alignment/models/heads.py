@@ -64,7 +64,8 @@ def token_values(model, input_ids, attention_mask=None, *, positions=None, segme
         attention_mask_BxT = attention_mask
     if model.config.num_labels != 1:
         raise ValueError(f"token_values needs a one-label head, the model has num_labels={model.config.num_labels}")
-    scores_BxT = _all_scores(model, input_ids_BxT, attention_mask_BxT, positions, segment_ids)[..., 0]
+    scores_BxTx1 = _all_scores(model, input_ids_BxT, attention_mask_BxT, positions, segment_ids)
+    scores_BxT = scores_BxTx1[..., 0]
     return jnp.where(jnp.asarray(attention_mask_BxT).astype(bool), scores_BxT, 0.0)
 
 

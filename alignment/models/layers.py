@@ -188,7 +188,8 @@ class Attention(nnx.Module):
             new_kv = (k_cache, v_cache)
             k, v = k_cache.astype(dtype), v_cache.astype(dtype)
         scale = (cfg.query_pre_attn_scalar or cfg.head_dim) ** -0.5
-        out = attend(q, k, v, allowed, scale=scale, softcap=cfg.attn_softcap, impl=cfg.attention_impl)
+        out = attend(q, k, v, allowed, scale=scale, softcap=cfg.attn_softcap,
+                     impl=cfg.attention_impl)
         y = jnp.einsum("btnh,nhd->btd", out, self.o[...].astype(dtype))
         if cfg.out_bias:
             y = y + self.o_bias[...].astype(dtype)

@@ -121,7 +121,8 @@ def token_logprobs(hidden, unembed, labels, mask=None, *, chunk_size=DEFAULT_CHU
 
 
 def shift_to_tokens(values, mask):
-    """Aligns next-token values to the token they score: out[:, 0] = 0, out[:, t] = v[:, t-1] * mask.
+    """Aligns next-token values to the token they score: out[:, 0] = 0, out[:, t] = v[:, t-1],
+    times mask.
 
     values: [B, T-1]; mask: [B, T]; returns [B, T].
     """

@@ -100,7 +100,8 @@ class Transformer(nnx.Module):
         return w.astype(dtype_of(self.config.dtype))
 
     def logits_from_hidden(self, hidden):
-        """float32 logits `h W` (+ final soft-cap `c tanh(z / c)`, Gemma2) from final normed hidden states.
+        """float32 logits `h W` (+ final soft-cap `c tanh(z / c)`, Gemma2) from final normed
+        hidden states.
 
         hidden: [..., D] (e.g. [B, T, D]); returns [..., V].
         """
@@ -118,7 +119,8 @@ class Transformer(nnx.Module):
         """
         if not self.config.num_labels:
             raise ValueError("this model has no score head (ModelConfig.num_labels=0)")
-        return jnp.einsum("...d,dl->...l", hidden, self.score[...].astype(dtype_of(self.config.dtype)),
+        w = self.score[...].astype(dtype_of(self.config.dtype))
+        return jnp.einsum("...d,dl->...l", hidden, w,
                           preferred_element_type=jnp.float32)
 
     # ---------------------------------------------------------------- forward

@@ -97,7 +97,7 @@ class SamplingParams:
         return self.temperature == 0.0
 
     def process(self, logits):
-        """Raw float32 logits [B, V] -> the logits [B, V] of the distribution tokens are drawn from."""
+        """Raw float32 logits [B, V] -> logits [B, V] of the distribution tokens are drawn from."""
         logits_BxV = logits
         logits_BxV = temperature_scale(logits_BxV, self.temperature)
         if self.top_k is not None:
