@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from alignment import evaluation, models, tasks
+from alignment import evaluation, models, sharding, tasks
 from alignment.tasks.base import Task
 from alignment.tokenizer import tiny_tokenizer
 
@@ -166,7 +166,6 @@ def test_ranking_accuracy_on_pairs_of_reference_samples():
 
 
 def test_sharded_models_give_the_same_evaluation(tmp_path):
-    from alignment import sharding
     path = str(tmp_path / "m")
     models.save_pretrained(random_model(5), path)
     ref_path = str(tmp_path / "r")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from alignment import evaluation as ev
+from alignment import plotting
 
 
 @pytest.mark.parametrize("n,c,k", [(n, c, k) for n in range(1, 7) for c in range(n + 1)
@@ -144,7 +145,6 @@ def test_frontier_plot_writes_png(tmp_path):
 
 
 def test_metrics_plot_writes_png_and_names_missing_keys(tmp_path):
-    from alignment import plotting
     rows = [{"step": i, "loss": 1.0 / (i + 1), "kl": 0.1 * i} for i in range(5)] + [{"step": 5, "loss": 0.1}]
     path = plotting.metrics_plot(rows, ["loss", "kl"], str(tmp_path / "curves.png"))
     assert open(path, "rb").read(4) == b"\x89PNG"

@@ -5,7 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
+from alignment import models
 from alignment.models.logprobs import model_logprobs, naive_token_logprobs, token_logprobs
 
 
@@ -111,9 +113,9 @@ def test_invalid_labels():
     # An out-of-range label that is *not* masked surfaces as NaN rather than a clamped wrong value.
     bad = labels.at[0, 0].set(10_000)
     assert np.isnan(token_logprobs(hidden, unembed, bad, None, chunk_size=4)[0, 0])
-    with pytest.raises(ValueError, match="labels_BxT shape"):
+    with pytest.raises(ValueError, match="labels shape"):
         token_logprobs(hidden, unembed, labels[:, :-1])
-    with pytest.raises(ValueError, match=r"unembed_DxV shape \(9, 37\) must be \[D=8, V\]"):
+    with pytest.raises(ValueError, match=r"unembed shape \(9, 37\) must be \[D=8, V\]"):
         token_logprobs(hidden, jnp.zeros((9, 37)), labels)
     with pytest.raises(TypeError, match="integer token ids"):
         token_logprobs(hidden, unembed, labels.astype(jnp.float32))
@@ -126,15 +128,12 @@ def test_invalid_labels():
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    models = pytest.importorskip("alignment.models")
-    from flax import nnx  # pylint: disable=import-outside-toplevel
     config = models.get_preset("tiny-gemma2")  # has a final logit soft-cap
     return models.Transformer(config, rngs=nnx.Rngs(0))
 
 
 def _jit_model_fn(model, fn, **static):
     """fn(model, *arrays, **static) jitted over the model's state (eager NNX calls are slow on CPU)."""
-    from alignment import models  # pylint: disable=import-outside-toplevel
     graphdef, state = models.split(model)
     jitted = jax.jit(lambda state, *args: fn(models.merge(graphdef, state), *args, **static))
     return lambda *args: jitted(state, *args)
@@ -183,7 +182,6 @@ def test_model_logprobs_packed_segments(tiny_model):
 
 
 def test_model_logprobs_jit_and_grad(tiny_model):
-    from alignment import models  # pylint: disable=import-outside-toplevel
     graphdef, state = models.split(tiny_model)
     ids = jnp.asarray(np.random.default_rng(2).integers(3, 250, (2, 9)), jnp.int32)
     mask = jnp.ones_like(ids)

@@ -21,7 +21,7 @@ def _ids(b=2, t=12, vocab=256, seed=0):
 def _jit_logits(model, ids, mask=None, positions=None, segment_ids=None, **kwargs):
     """Jitted forward (eager op-by-op dispatch is far slower on CPU)."""
     graphdef, state = split(model)
-    fn = lambda st, i, m, p, s: merge(graphdef, st)(i, m, positions_BxT=p, segment_ids_BxT=s, **kwargs)
+    fn = lambda st, i, m, p, s: merge(graphdef, st)(i, m, positions=p, segment_ids=s, **kwargs)
     return jax.jit(fn)(state, ids, mask, positions, segment_ids)
 
 
@@ -110,6 +110,31 @@ def test_kv_cache_prefill_and_decode_reproduce_full_forward(name, scan):
     got = jnp.concatenate(pieces, axis=1)
     real = np.asarray(mask, bool)
     np.testing.assert_allclose(np.asarray(got)[real], np.asarray(full)[real], atol=1e-5)
+
+
+def test_call_with_transformers_style_keywords():
+    """`model(input_ids=..., attention_mask=...)` as in transformers; the keywords reach the mask,
+    positions, segment ids and cache (a left-padded row equals the same tokens unpadded)."""
+    model = _model(n_layers=1)
+    real = _ids(b=1, t=6)
+    ids = jnp.concatenate([jnp.zeros((1, 2), jnp.int32), real], axis=1)
+    mask = jnp.asarray([[0, 0] + [1] * 6], jnp.int32)
+    out = model(input_ids=ids, attention_mask=mask)
+    assert out.shape == (1, 8, model.config.vocab_size)
+    np.testing.assert_allclose(out[0, 2:], model(input_ids=real)[0], atol=1e-5)
+    unmasked = model(input_ids=ids)
+    assert np.abs(np.asarray(unmasked[0, 2:] - out[0, 2:])).max() > 1e-3  # the mask is not ignored
+    pos = jnp.asarray([[0, 0, 0, 1, 2, 3, 4, 5]], jnp.int32)
+    seg = jnp.asarray([[0, 0, 1, 1, 1, 2, 2, 2]], jnp.int32)
+    packed = model(input_ids=ids, attention_mask=mask, positions=pos, segment_ids=seg)
+    np.testing.assert_allclose(packed[0, 2:5], out[0, 2:5], atol=1e-5)
+    spread = model(input_ids=ids, attention_mask=mask, positions=2 * pos)  # rope is relative
+    assert np.abs(np.asarray(spread[0, 3:] - out[0, 3:])).max() > 1e-3  # positions are used
+    logits, cache = model(input_ids=ids, attention_mask=mask, cache=model.init_cache(1, 8))
+    np.testing.assert_allclose(logits, out, atol=1e-5)
+    assert int(cache["index"]) == 8
+    hidden = model(input_ids=ids, attention_mask=mask, return_hidden=True)
+    np.testing.assert_allclose(model.logits_from_hidden(hidden=hidden), out, atol=1e-5)
 
 
 def test_cache_overflow_is_an_eager_error():

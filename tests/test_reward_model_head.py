@@ -65,15 +65,15 @@ def test_adding_the_head_keeps_the_backbone_of_the_same_seed():
 def test_sequence_scores_pick_the_last_real_token_and_match_token_values():
     model = models.Transformer(_cfg(), rngs=nnx.Rngs(1))
     ids, mask = _batch()
-    last = np.asarray(heads.last_token_index(mask))
+    last = np.asarray(heads.last_token_index(attention_mask=mask))
     np.testing.assert_array_equal(last, [9, 5, 9])
-    s = np.asarray(models.sequence_scores(model, ids, mask))
-    v = np.asarray(models.token_values(model, ids, mask))
+    s = np.asarray(models.sequence_scores(model, input_ids=ids, attention_mask=mask))
+    v = np.asarray(models.token_values(model, input_ids=ids, attention_mask=mask))
     assert s.shape == (3,) and v.shape == (3, 10) and s.dtype == np.float32
     np.testing.assert_allclose(s, v[np.arange(3), last], rtol=1e-6)
     assert (v[mask == 0] == 0).all()
     # manual: final normed hidden state at that token times the score column
-    hidden = np.asarray(model(ids, mask, return_hidden=True))
+    hidden = np.asarray(model(input_ids=ids, attention_mask=mask, return_hidden=True))
     manual = np.einsum("bd,d->b", hidden[np.arange(3), last], np.asarray(model.score[...])[:, 0])
     np.testing.assert_allclose(s, manual, rtol=1e-5, atol=1e-6)
     # a row's score does not depend on its padding: row 1 alone, unpadded

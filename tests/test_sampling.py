@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from alignment import models
+from alignment import models, sharding
 from alignment.models.logprobs import model_logprobs
 from alignment.sampling import (SamplingParams, generate, left_pad, min_p_filter, sample_arrays,
                                 top_k_filter, top_p_filter)
@@ -141,14 +141,15 @@ def test_loop_exits_when_all_rows_stopped(model):
     graphdef, state = models.split(model)
     first = generate(model, [[5, 6, 7]], max_new_tokens=1).tokens[0][0]
     run = jax.jit(lambda state, ids, mask, active: sample_arrays(
-        graphdef, state, ids, mask, jax.random.key(0), max_new_tokens=16, stop_ids=(first,),
-        active_B=active))
+        graphdef, state, prompt_ids=ids, prompt_mask=mask, key=jax.random.key(0), max_new_tokens=16,
+        stop_ids=(first,), active=active))
     out = run(state, ids, mask, active)
-    assert int(out.num_steps) == 1 and out.lengths_B.tolist() == [1, 1]
-    assert out.tokens_BxN[:, 1:].tolist() == [[0] * 15] * 2  # padding after the stop
+    assert int(out.num_steps) == 1 and out.lengths.tolist() == [1, 1]
+    assert out.tokens[:, 1:].tolist() == [[0] * 15] * 2  # padding after the stop
+    assert out.stopped.tolist() == [True, True] and out.logprobs[:, 1:].tolist() == [[0.0] * 15] * 2
     # An inactive (batch padding) row produces nothing and does not keep the loop alive.
     out = run(state, ids, mask, np.array([True, False]))
-    assert out.lengths_B.tolist() == [1, 0] and int(out.num_steps) == 1
+    assert out.lengths.tolist() == [1, 0] and int(out.num_steps) == 1
 
 
 def test_one_compile_per_bucket(model):
@@ -217,7 +218,7 @@ def _hf_model(family):
 
 @pytest.mark.parametrize("family", ["llama", "qwen3", "gemma2", "gpt2"])
 def test_greedy_matches_hf_generate(family, tmp_path):
-    import torch  # pylint: disable=import-outside-toplevel
+    import torch  # optional heavy dependency: the parity extra (torch, transformers)
     hf = _hf_model(family)
     hf.save_pretrained(tmp_path, safe_serialization=True)
     ours = models.from_pretrained(tmp_path)
@@ -245,7 +246,6 @@ def test_bench_model_smoke(capsys):
 
 
 def test_sharded_model_generates_the_same(model):
-    from alignment import sharding  # pylint: disable=import-outside-toplevel
     mesh = sharding.make_mesh({"data": 1, "fsdp": 4, "tensor": 2}, devices=jax.devices()[:8])
     sharded = models.create_sharded(model.config, mesh, seed=0)
     assert len(jax.tree.leaves(models.split(sharded)[1])[0].sharding.device_set) > 1

@@ -18,7 +18,9 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from alignment import models, sampling
 from alignment.evaluation import metrics as M
+from alignment.models.logprobs import model_logprobs
 
 LENGTH_BUCKET = 16  # scored sequences are right-padded to a multiple of this (fewer recompiles)
 
@@ -73,7 +75,6 @@ def generate_all(model, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: 
                  top_p=None) -> list[list[int]]:
     """New tokens (ending at and including EOS when one was sampled) for every prompt, sampled in
     batches of `batch_size` (the sampler rounds a batch up to a power of two itself)."""
-    from alignment import sampling
     out: list[list[int]] = []
     for i, (lo, hi) in enumerate(_chunks(len(prompt_ids), batch_size)):
         result = sampling.generate(model, [list(p) for p in prompt_ids[lo:hi]], max_new_tokens=max_new_tokens,
@@ -85,8 +86,6 @@ def generate_all(model, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _sequence_logps(graphdef, state, input_ids, attention_mask, loss_mask):
-    from alignment import models
-    from alignment.models.logprobs import model_logprobs
     logps_BxT = model_logprobs(models.merge(graphdef, state), input_ids, attention_mask, loss_mask)
     return logps_BxT.sum(axis=-1)
 
@@ -99,7 +98,6 @@ def make_sequence_scorer(model, *, batch_size: int) -> Scorer:
     tokens, from a jitted forward of `model` (`model_logprobs`, float32 log-softmax). Batches are
     rounded up to a power of two and lengths to a multiple of LENGTH_BUCKET, and the compiled
     program is shared by models of the same structure (policy and reference)."""
-    from alignment import models
     graphdef, state = models.split(model)
     max_len = int(model.config.max_seq_len)
 

@@ -87,16 +87,19 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1, dtype=np.float64)))
 
 
-def mean_pass_at_k(correct_PxN, k: int) -> float:
-    """pass@k averaged over P prompts, each with N verified samples (bool [P, N])."""
-    correct = np.asarray(correct_PxN)
-    if correct.ndim != 2 or correct.size == 0:
-        raise ValueError(f"mean_pass_at_k: correct_PxN must be a non-empty [P, N] array, got shape "
-                         f"{correct.shape}")
-    if correct.dtype != bool:
-        raise TypeError(f"mean_pass_at_k: correct_PxN must be bool, got {correct.dtype}")
-    n = correct.shape[1]
-    return float(np.mean([pass_at_k(n, int(c), k) for c in correct.sum(axis=1)]))
+def mean_pass_at_k(correct, k: int) -> float:
+    """pass@k averaged over P prompts, each with N verified samples.
+
+    correct: bool [P, N], whether sample j of prompt i is correct.
+    """
+    correct_PxN = np.asarray(correct)
+    if correct_PxN.ndim != 2 or correct_PxN.size == 0:
+        raise ValueError(f"mean_pass_at_k: correct must be a non-empty [P, N] array, got shape "
+                         f"{correct_PxN.shape}")
+    if correct_PxN.dtype != bool:
+        raise TypeError(f"mean_pass_at_k: correct must be bool, got {correct_PxN.dtype}")
+    n = correct_PxN.shape[1]
+    return float(np.mean([pass_at_k(n, int(c), k) for c in correct_PxN.sum(axis=1)]))
 
 
 def default_ks(n: int) -> list[int]:
@@ -121,10 +124,13 @@ def ranking_accuracy(chosen_scores, rejected_scores) -> float:
     return float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
 
 
-def gold_ranked_pairs(rewards_PxK) -> list[tuple[int, int, int]]:
+def gold_ranked_pairs(rewards) -> list[tuple[int, int, int]]:
     """(prompt, better sample, worse sample) for every pair of samples of a prompt whose gold
-    rewards differ: preference pairs labelled by the gold reward."""
-    r = _finite("rewards_PxK", rewards_PxK, (2,))
+    rewards differ: preference pairs labelled by the gold reward.
+
+    rewards: float [P, K], the gold reward of sample k of prompt p.
+    """
+    r = _finite("rewards", rewards, (2,))
     out = []
     for p in range(r.shape[0]):
         for i in range(r.shape[1]):

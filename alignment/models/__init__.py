@@ -6,6 +6,7 @@ importing flax itself.
 
 from flax import nnx as _nnx
 
+from alignment.models import hf
 from alignment.models.config import PRESETS, ModelConfig, get_preset
 from alignment.models.heads import last_token_index, make_score_fn, make_value_fn, sequence_scores, token_values
 from alignment.models.transformer import Transformer, create_sharded
@@ -26,14 +27,12 @@ def from_pretrained(path, *, dtype=None, mesh=None, num_labels=None, **execution
 
     num_labels: None = as the folder says; an int > 0 loads a causal LM (or a classifier) as a
     sequence classifier with that many labels (a fresh score head when the folder has none)."""
-    from alignment.models import hf
     return hf.from_pretrained(path, dtype=dtype, mesh=mesh, num_labels=num_labels, **execution)
 
 
 def save_pretrained(model, path, **kwargs):
     """Writes a Hugging Face folder that `transformers.AutoModelForCausalLM` loads (a model with a
     score head and no LM head: `AutoModelForSequenceClassification`); see `hf`."""
-    from alignment.models import hf
     return hf.save_pretrained(model, path, **kwargs)
 
 

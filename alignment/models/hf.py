@@ -18,9 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from alignment.models.config import ModelConfig
 from alignment.models.transformer import Transformer
+from alignment.sharding import state_shardings
 
 _LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
@@ -379,7 +382,6 @@ class _Checkpoint:
     """Lazy access to the tensors of model.safetensors or a sharded model.safetensors.index.json."""
 
     def __init__(self, folder: pathlib.Path):
-        from safetensors import safe_open
         index = folder / "model.safetensors.index.json"
         single = folder / "model.safetensors"
         if index.exists():
@@ -430,8 +432,6 @@ def from_pretrained(path, *, dtype=None, mesh=None, num_labels=None, **execution
     the folder as a sequence classifier (no LM head): a folder without `score.weight` (a causal
     LM, to start a reward model from) gets a fresh head ~ N(0, init_std^2), seeded by 0.
     """
-    from alignment.sharding import state_shardings
-
     folder = pathlib.Path(path)
     cfg_file = folder / "config.json"
     if not cfg_file.exists():
@@ -511,8 +511,6 @@ def save_pretrained(model: Transformer, path, *, max_shard_bytes: int = 4 * 2**3
 
     pad_token_id goes into config.json: transformers' *ForSequenceClassification needs it to
     find the last non-pad token of a padded batch."""
-    from safetensors.numpy import save_file
-
     cfg = model.config
     hf_config = config_to_hf(cfg)
     if pad_token_id is not None:

@@ -89,16 +89,21 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
     return inv
 
 
-def rope_tables(positions_BxT, cfg: ModelConfig):
-    """cos, sin [B, T, H] (halves duplicated, rotate-half convention) in the compute dtype."""
+def rope_tables(positions, cfg: ModelConfig):
+    """cos, sin [B, T, H] (halves duplicated, rotate-half convention) in the compute dtype.
+
+    positions: [B, T] int token positions.
+    """
     inv = jnp.asarray(rope_inv_freq(cfg))
-    freqs = positions_BxT.astype(jnp.float32)[..., None] * inv
+    freqs = positions.astype(jnp.float32)[..., None] * inv
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     dtype = dtype_of(cfg.dtype)
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
 
 
-def apply_rope(x_BxTxNxH, cos_BxTxH, sin_BxTxH):
+def apply_rope(x, cos, sin):
+    """Rotary embedding of x [B, T, N, H] with the tables cos, sin [B, T, H] of `rope_tables`."""
+    x_BxTxNxH, cos_BxTxH, sin_BxTxH = x, cos, sin
     half = x_BxTxNxH.shape[-1] // 2
     rotated = jnp.concatenate([-x_BxTxNxH[..., half:], x_BxTxNxH[..., :half]], axis=-1)
     return x_BxTxNxH * cos_BxTxH[:, :, None] + rotated * sin_BxTxH[:, :, None]
@@ -110,9 +115,13 @@ def _activation(name: str):
             "gelu": lambda x: jax.nn.gelu(x, approximate=False)}[name]
 
 
-def attend(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, allowed_BxTxS, *, scale: float, softcap: float | None,
-           impl: str):
-    """softmax(scale q k^T [soft-capped], masked) v with grouped-query heads; softmax in float32."""
+def attend(q, k, v, allowed, *, scale: float, softcap: float | None, impl: str):
+    """softmax(scale q k^T [soft-capped], masked) v with grouped-query heads; softmax in float32.
+
+    q: [B, T, N, H] queries; k, v: [B, S, K, H] keys and values (K kv heads, N % K == 0);
+    allowed: [B, T, S] bool, True where query t may attend to key s. Returns [B, T, N, H].
+    """
+    q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, allowed_BxTxS = q, k, v, allowed
     if impl == "auto":
         impl = "einsum" if jax.default_backend() == "cpu" else "fused"
     if impl == "fused" and softcap is None:
@@ -151,8 +160,14 @@ class Attention(nnx.Module):
             self.q_norm = Norm(h, cfg)
             self.k_norm = Norm(h, cfg)
 
-    def __call__(self, x_BxTxD, *, rope, allowed_BxTxS, kv=None, index=None):
+    def __call__(self, x, *, rope, allowed, kv=None, index=None):
+        """Attention output [B, T, D] and the updated (k, v) cache slices (None without `kv`).
+
+        x: [B, T, D]; rope: (cos, sin) of `rope_tables` or None; allowed: [B, T, S] bool;
+        kv: this layer's (k, v) cache [B, S, K, H] each, written at slot `index`.
+        """
         cfg = self.cfg
+        x_BxTxD = x
         dtype = x_BxTxD.dtype
         q = jnp.einsum("btd,dnh->btnh", x_BxTxD, self.q[...].astype(dtype))
         k = jnp.einsum("btd,dkh->btkh", x_BxTxD, self.k[...].astype(dtype))
@@ -173,7 +188,8 @@ class Attention(nnx.Module):
             new_kv = (k_cache, v_cache)
             k, v = k_cache.astype(dtype), v_cache.astype(dtype)
         scale = (cfg.query_pre_attn_scalar or cfg.head_dim) ** -0.5
-        out = attend(q, k, v, allowed_BxTxS, scale=scale, softcap=cfg.attn_softcap, impl=cfg.attention_impl)
+        out = attend(q, k, v, allowed, scale=scale, softcap=cfg.attn_softcap,
+                     impl=cfg.attention_impl)
         y = jnp.einsum("btnh,nhd->btd", out, self.o[...].astype(dtype))
         if cfg.out_bias:
             y = y + self.o_bias[...].astype(dtype)
@@ -196,7 +212,9 @@ class MLP(nnx.Module):
             self.up_bias = _param(None, (f,), ("mlp",), cfg, "zeros")
             self.down_bias = _param(None, (d,), ("embed",), cfg, "zeros")
 
-    def __call__(self, x_BxTxD):
+    def __call__(self, x):
+        """[B, T, D] -> [B, T, D]."""
+        x_BxTxD = x
         cfg, dtype = self.cfg, x_BxTxD.dtype
         act = _activation(cfg.activation)
         up = x_BxTxD @ self.up[...].astype(dtype)
@@ -228,10 +246,18 @@ class Block(nnx.Module):
             self.attn_post_norm = Norm(cfg.d_model, cfg)
             self.mlp_post_norm = Norm(cfg.d_model, cfg)
 
-    def __call__(self, x_BxTxD, *, rope, allowed_BxTxS, dist_BxTxS, window, kv=None, index=None):
+    def __call__(self, x, *, rope, allowed, dist, window, kv=None, index=None):
+        """(x + attn + mlp [B, T, D], new (k, v) cache slices or None).
+
+        x: [B, T, D]; allowed: [B, T, S] bool (causal, padding, segments); dist: [B, T, S] int
+        query position minus key position, for the sliding `window`; rope, kv, index: see
+        `Attention`.
+        """
+        x_BxTxD = x
         # Sliding window on positions: a query sees keys with pos_q - pos_k < window.
-        allowed = allowed_BxTxS & (dist_BxTxS < window)
-        h, new_kv = self.attn(self.attn_norm(x_BxTxD), rope=rope, allowed_BxTxS=allowed, kv=kv, index=index)
+        allowed_BxTxS = allowed & (dist < window)
+        h, new_kv = self.attn(self.attn_norm(x_BxTxD), rope=rope, allowed=allowed_BxTxS, kv=kv,
+                              index=index)
         if self.cfg.post_norms:
             h = self.attn_post_norm(h)
         x_BxTxD = x_BxTxD + h

@@ -42,12 +42,12 @@ def _label_logprobs(logits_NxV, labels_N, return_entropy):
 
 def _check_shapes(fn, labels_BxT, mask_BxT, leading):
     if labels_BxT.ndim != 2 or labels_BxT.shape != leading:
-        raise ValueError(f"{fn}: labels_BxT shape {labels_BxT.shape} must equal the leading [B, T] = "
+        raise ValueError(f"{fn}: labels shape {labels_BxT.shape} must equal the leading [B, T] = "
                          f"{leading} of the logits/hidden states")
     if mask_BxT is not None and mask_BxT.shape != leading:
-        raise ValueError(f"{fn}: mask_BxT shape {mask_BxT.shape} must equal {leading}")
+        raise ValueError(f"{fn}: mask shape {mask_BxT.shape} must equal {leading}")
     if not jnp.issubdtype(labels_BxT.dtype, jnp.integer):
-        raise TypeError(f"{fn}: labels_BxT must be integer token ids, got {labels_BxT.dtype}")
+        raise TypeError(f"{fn}: labels must be integer token ids, got {labels_BxT.dtype}")
 
 
 def _apply_mask(values_BxT, mask_BxT):
@@ -56,13 +56,13 @@ def _apply_mask(values_BxT, mask_BxT):
     return jnp.where(mask_BxT.astype(bool), values_BxT, 0.0)
 
 
-def naive_token_logprobs(logits_BxTxV, labels_BxT, mask_BxT=None, *, softcap=None,
-                         return_entropy=False):
+def naive_token_logprobs(logits, labels, mask=None, *, softcap=None, return_entropy=False):
     """Reference: log_softmax(logits)[labels] (times mask) from full [B, T, V] logits, in float32.
 
-    Returns logps_BxT, or (logps_BxT, entropy_BxT) with `return_entropy`.
+    logits: [B, T, V]; labels: [B, T] int; mask: [B, T] or None (0 gives exactly 0 there).
+    Returns logps [B, T], or (logps, entropy) [B, T] each with `return_entropy`.
     """
-    labels_BxT = jnp.asarray(labels_BxT)
+    logits_BxTxV, labels_BxT, mask_BxT = logits, jnp.asarray(labels), mask
     _check_shapes("naive_token_logprobs", labels_BxT, mask_BxT, logits_BxTxV.shape[:2])
     logits = _softcap(logits_BxTxV.astype(jnp.float32), softcap)
     logps, entropy = _label_logprobs(logits, labels_BxT, return_entropy)
@@ -70,8 +70,8 @@ def naive_token_logprobs(logits_BxTxV, labels_BxT, mask_BxT=None, *, softcap=Non
     return (logps, _apply_mask(entropy, mask_BxT)) if return_entropy else logps
 
 
-def token_logprobs(hidden_BxTxD, unembed_DxV, labels_BxT, mask_BxT=None, *,
-                   chunk_size=DEFAULT_CHUNK_SIZE, softcap=None, return_entropy=False, remat=True):
+def token_logprobs(hidden, unembed, labels, mask=None, *, chunk_size=DEFAULT_CHUNK_SIZE,
+                   softcap=None, return_entropy=False, remat=True):
     """log p(labels_t | h_t) with logits `h_t W` computed `chunk_size` positions at a time.
 
     Equal to `naive_token_logprobs(einsum(h, W), ...)` (float32 accumulation, optional final
@@ -81,14 +81,16 @@ def token_logprobs(hidden_BxTxD, unembed_DxV, labels_BxT, mask_BxT=None, *,
     `remat=False` keeps every chunk's logits for the backward pass instead of recomputing them:
     [B, T, V] float32 residuals (the naive memory) but 2*B*T*D*V fewer FLOPs per step, which is
     the cheaper trade where memory allows (large batch x small vocab, or a FLOPs benchmark).
-    Returns logps_BxT, or (logps_BxT, entropy_BxT) with `return_entropy`.
+    hidden: [B, T, D] final normed hidden states; unembed: [D, V]; labels: [B, T] int;
+    mask: [B, T] or None (0 gives exactly 0 there).
+    Returns logps [B, T], or (logps, entropy) [B, T] each with `return_entropy`.
     """
-    labels_BxT = jnp.asarray(labels_BxT)
+    hidden_BxTxD, unembed_DxV, labels_BxT, mask_BxT = hidden, unembed, jnp.asarray(labels), mask
     if hidden_BxTxD.ndim != 3:
-        raise ValueError(f"token_logprobs: hidden_BxTxD must be [B, T, D], got {hidden_BxTxD.shape}")
+        raise ValueError(f"token_logprobs: hidden must be [B, T, D], got {hidden_BxTxD.shape}")
     b, t, d = hidden_BxTxD.shape
     if unembed_DxV.ndim != 2 or unembed_DxV.shape[0] != d:
-        raise ValueError(f"token_logprobs: unembed_DxV shape {unembed_DxV.shape} must be [D={d}, V]")
+        raise ValueError(f"token_logprobs: unembed shape {unembed_DxV.shape} must be [D={d}, V]")
     _check_shapes("token_logprobs", labels_BxT, mask_BxT, (b, t))
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"token_logprobs: chunk_size must be a positive int, got {chunk_size!r}")
@@ -118,10 +120,14 @@ def token_logprobs(hidden_BxTxD, unembed_DxV, labels_BxT, mask_BxT=None, *,
     return (logps, _apply_mask(outs[1], mask_BxT)) if return_entropy else logps
 
 
-def shift_to_tokens(values_BxTm1, mask_BxT):
-    """Aligns next-token values to the token they score: out[:, 0] = 0, out[:, t] = v[:, t-1] * mask."""
-    out = jnp.pad(values_BxTm1, ((0, 0), (1, 0)))
-    return jnp.where(mask_BxT.astype(bool), out, 0.0)
+def shift_to_tokens(values, mask):
+    """Aligns next-token values to the token they score: out[:, 0] = 0, out[:, t] = v[:, t-1],
+    times mask.
+
+    values: [B, T-1]; mask: [B, T]; returns [B, T].
+    """
+    out_BxT = jnp.pad(values, ((0, 0), (1, 0)))
+    return jnp.where(mask.astype(bool), out_BxT, 0.0)
 
 
 def model_logprobs(model, input_ids, attention_mask, loss_mask, *, segment_ids=None, positions=None,
@@ -145,8 +151,8 @@ def model_logprobs(model, input_ids, attention_mask, loss_mask, *, segment_ids=N
         if arr is not None and jnp.shape(arr) != input_ids.shape:
             raise ValueError(f"model_logprobs: {name} shape {jnp.shape(arr)} != input_ids shape "
                              f"{input_ids.shape}")
-    hidden_BxTxD = model(input_ids, attention_mask, positions_BxT=positions,
-                         segment_ids_BxT=segment_ids, return_hidden=True)
+    hidden_BxTxD = model(input_ids, attention_mask, positions=positions, segment_ids=segment_ids,
+                         return_hidden=True)
     valid_BxT = loss_mask.astype(bool) & attention_mask.astype(bool)
     valid_BxT = valid_BxT.at[:, 1:].set(valid_BxT[:, 1:] & attention_mask[:, :-1].astype(bool))
     if segment_ids is not None:

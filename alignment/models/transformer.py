@@ -1,7 +1,7 @@
 """One Flax NNX decoder-only transformer for the Llama / Mistral / Qwen / Gemma / GPT-2 families.
 
-`Transformer(config, rngs=...)` builds the model; `model(input_ids_BxT, attention_mask_BxT)`
-returns float32 logits. A KV cache (`model.init_cache`) turns the same call into prefill and
+`Transformer(config, rngs=...)` builds the model; `model(input_ids, attention_mask)` returns
+float32 logits [B, T, V]. A KV cache (`model.init_cache`) turns the same call into prefill and
 decode steps. Layers are either an `nnx.List` of blocks or, with `scan_layers`, one block whose
 parameters carry a leading "layers" axis and are run with `jax.lax.scan`; the same seed gives
 the same parameters in both layouts.
@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from alignment.models.config import ModelConfig
+from alignment.sharding import state_shardings
 from alignment.models.layers import NO_WINDOW, Block, Norm, _param, dtype_of, rope_tables
 
 _REMAT_POLICIES = {
@@ -98,44 +99,57 @@ class Transformer(nnx.Module):
         w = self.embed[...].T if self.config.tie_embeddings else self.lm_head[...]
         return w.astype(dtype_of(self.config.dtype))
 
-    def logits_from_hidden(self, hidden_BxTxD):
-        """float32 logits `h W` (+ final soft-cap `c tanh(z / c)`, Gemma2) from final normed hidden states."""
-        logits = jnp.einsum("...d,dv->...v", hidden_BxTxD, self.unembed_weight(),
+    def logits_from_hidden(self, hidden):
+        """float32 logits `h W` (+ final soft-cap `c tanh(z / c)`, Gemma2) from final normed
+        hidden states.
+
+        hidden: [..., D] (e.g. [B, T, D]); returns [..., V].
+        """
+        logits = jnp.einsum("...d,dv->...v", hidden, self.unembed_weight(),
                             preferred_element_type=jnp.float32)
         cap = self.config.final_logit_softcap
         if cap is not None:
             logits = jnp.tanh(logits / cap) * cap
         return logits
 
-    def scores(self, hidden_BxTxD):
-        """float32 `h W_score` [B, T, num_labels] from final normed hidden states (reward / value head)."""
+    def scores(self, hidden):
+        """float32 `h W_score` from final normed hidden states (reward / value head).
+
+        hidden: [..., D] (e.g. [B, T, D]); returns [..., num_labels].
+        """
         if not self.config.num_labels:
             raise ValueError("this model has no score head (ModelConfig.num_labels=0)")
-        return jnp.einsum("...d,dl->...l", hidden_BxTxD, self.score[...].astype(dtype_of(self.config.dtype)),
+        w = self.score[...].astype(dtype_of(self.config.dtype))
+        return jnp.einsum("...d,dl->...l", hidden, w,
                           preferred_element_type=jnp.float32)
 
     # ---------------------------------------------------------------- forward
-    def __call__(self, input_ids_BxT, attention_mask_BxT=None, *, positions_BxT=None, segment_ids_BxT=None,
+    def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None,
                  cache=None, return_hidden=False):
         """Logits [B, T, V] float32 (or final normed hidden [B, T, D]); with `cache`, also the new cache.
 
-        attention_mask: 1 = token, 0 = padding (left or right). Default positions are
-        `max(cumsum(mask) - 1, 0)` (continuing after the cached tokens when a cache is given).
-        segment_ids: packed documents; a token attends only to earlier tokens of its segment.
+        input_ids: [B, T] int token ids.
+        attention_mask: [B, T], 1 = token, 0 = padding (left or right); default all ones.
+        positions: [B, T] int; default `max(cumsum(mask) - 1, 0)` (continuing after the cached
+        tokens when a cache is given).
+        segment_ids: [B, T] int, packed documents; a token attends only to earlier tokens of its
+        segment. Not supported together with `cache`.
+        cache: from `init_cache`; the call then returns `(out, new_cache)`.
+        return_hidden: return the final normed hidden states [B, T, D] instead of logits.
         """
         cfg = self.config
-        input_ids_BxT = jnp.asarray(input_ids_BxT)
+        input_ids_BxT = jnp.asarray(input_ids)
         if input_ids_BxT.ndim != 2:
             raise ValueError(f"input_ids must be [B, T], got shape {input_ids_BxT.shape}")
         b, t = input_ids_BxT.shape
         _check_ids(input_ids_BxT, cfg.vocab_size)
-        if attention_mask_BxT is None:
+        if attention_mask is None:
             mask_BxT = jnp.ones((b, t), bool)
         else:
-            mask_BxT = jnp.asarray(attention_mask_BxT).astype(bool)
+            mask_BxT = jnp.asarray(attention_mask).astype(bool)
             if mask_BxT.shape != (b, t):
                 raise ValueError(f"attention_mask shape {mask_BxT.shape} != input_ids shape {(b, t)}")
-        if cache is not None and segment_ids_BxT is not None:
+        if cache is not None and segment_ids is not None:
             raise ValueError("segment_ids (packed sequences) are not supported together with a KV cache")
 
         if cache is not None:
@@ -148,6 +162,7 @@ class Transformer(nnx.Module):
             if cache["pos"].shape != (b, s) or cache["k"].shape[:2] != (cfg.n_layers, b):
                 raise ValueError(f"cache shapes k {cache['k'].shape}, pos {cache['pos'].shape} do not match "
                                  f"n_layers {cfg.n_layers} and batch {b}")
+        positions_BxT = positions
         if positions_BxT is None:
             positions_BxT = jnp.maximum(jnp.cumsum(mask_BxT, axis=1, dtype=jnp.int32) - 1, 0)
             if cache is not None:
@@ -170,8 +185,8 @@ class Transformer(nnx.Module):
             k_pos_BxS = new_pos_BxT
             q_slot_T = k_slot_S = jnp.arange(t, dtype=jnp.int32)
         allowed_BxTxS = (k_slot_S[None, None, :] <= q_slot_T[None, :, None]) & (k_pos_BxS[:, None, :] >= 0)
-        if segment_ids_BxT is not None:
-            seg = jnp.asarray(segment_ids_BxT)
+        if segment_ids is not None:
+            seg = jnp.asarray(segment_ids)
             allowed_BxTxS = allowed_BxTxS & (seg[:, :, None] == seg[:, None, :])
         dist_BxTxS = positions_BxT[:, :, None] - k_pos_BxS[:, None, :]
 
@@ -183,7 +198,7 @@ class Transformer(nnx.Module):
             x = x + jnp.take(self.pos_embed[...], positions_BxT, axis=0).astype(dtype)
         rope = rope_tables(positions_BxT, cfg) if cfg.position_embedding == "rope" else None
 
-        x, new_k, new_v = self._run_layers(x, rope=rope, allowed_BxTxS=allowed_BxTxS, dist_BxTxS=dist_BxTxS,
+        x, new_k, new_v = self._run_layers(x, rope=rope, allowed=allowed_BxTxS, dist=dist_BxTxS,
                                            cache=cache, index=index)
         hidden = self.final_norm(x)
         out = hidden if return_hidden else self.logits_from_hidden(hidden)
@@ -191,14 +206,14 @@ class Transformer(nnx.Module):
             return out
         return out, {"k": new_k, "v": new_v, "pos": k_pos_BxS, "index": index + t}
 
-    def _run_layers(self, x, *, rope, allowed_BxTxS, dist_BxTxS, cache, index):
+    def _run_layers(self, x, *, rope, allowed, dist, cache, index):
         cfg = self.config
 
         def make_layer(graphdef):
             def layer(state, x, window, kv):
                 block = nnx.merge(graphdef, state)
-                return block(x, rope=rope, allowed_BxTxS=allowed_BxTxS, dist_BxTxS=dist_BxTxS, window=window,
-                             kv=kv, index=index)
+                return block(x, rope=rope, allowed=allowed, dist=dist, window=window, kv=kv,
+                             index=index)
 
             if cfg.remat_policy == "none":
                 return layer
@@ -239,8 +254,6 @@ def create_sharded(config: ModelConfig, mesh, seed: int = 0, rules=None) -> Tran
     The abstract model (`nnx.eval_shape`) gives each parameter's logical axes; a jitted init with
     those out_shardings then materialises every shard on its own device, never the whole model.
     """
-    from alignment.sharding import state_shardings
-
     abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(seed)))
     graphdef, abstract_state = nnx.split(abstract)
     shardings = state_shardings(abstract_state, mesh, rules)

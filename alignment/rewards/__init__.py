@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from alignment.rewards import model as model_rewards
 from alignment.rewards.base import RewardFn, RewardInputs, check_rewards, checked
 from alignment.rewards.config import KINDS, check_reward_config, default_reward_config
 from alignment.rewards.preference import PairwisePreference
@@ -43,7 +44,6 @@ def make_reward(cfg, *, tokenizer=None, mesh=None) -> RewardFn:
     elif cfg.kind == "verifier":
         fn, name = verifier_reward(cfg.task), f"verifier:{cfg.task}"
     else:
-        from alignment.rewards import model as model_rewards
         eos_id = model_rewards.resolve_eos(cfg, tokenizer)
         if cfg.kind == "reward_model":
             fn = model_rewards.reward_model_reward(cfg.path, batch_size=cfg.batch_size,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from alignment import tasks
+
 KINDS = ("task", "verifier", "reward_model", "log_ratio")
 
 
@@ -38,7 +40,6 @@ def check_reward_config(c) -> None:
     if c.kind not in KINDS:
         raise ValueError(f"reward.kind={c.kind!r} is not one of {KINDS}")
     if c.kind in ("task", "verifier"):
-        from alignment import tasks
         if c.task not in tasks.available():
             raise ValueError(f"reward.kind={c.kind!r} needs reward.task, one of {tasks.available()}; got {c.task!r}")
     if c.kind in ("reward_model", "log_ratio") and not c.path:

@@ -18,7 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alignment import models, sharding
+from alignment.models.logprobs import model_logprobs
 from alignment.rewards.base import RewardFn, RewardInputs
+from alignment.tokenizer import Tokenizer
 
 
 def resolve_eos(cfg, tokenizer) -> int | None:
@@ -26,7 +29,6 @@ def resolve_eos(cfg, tokenizer) -> int | None:
     if not cfg.append_eos:
         return None
     if tokenizer is None:
-        from alignment.tokenizer import Tokenizer
         try:
             tokenizer = Tokenizer.from_pretrained(cfg.path)
         except Exception as e:  # noqa: BLE001 (re-raised with the key to fix)
@@ -70,7 +72,6 @@ def pack(inputs: RewardInputs, *, eos_id: int | None, length_bucket: int, max_le
 def _placer(mesh, batch_size: int):
     if mesh is None:
         return lambda x: x
-    from alignment import sharding
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if batch_size % shards:
         target = sharding.replicated(mesh)
@@ -93,7 +94,6 @@ def _batched(fn, arrays, batch_size: int, place) -> np.ndarray:
 
 
 def _load(path: str, dtype: str, mesh, *, classifier: bool):
-    from alignment import models
     model = models.from_pretrained(path, dtype=dtype, mesh=mesh)
     cfg = model.config
     if classifier and cfg.num_labels != 1:
@@ -108,7 +108,6 @@ def _load(path: str, dtype: str, mesh, *, classifier: bool):
 def reward_model_reward(path: str, *, batch_size: int = 32, length_bucket: int = 32, eos_id: int | None = None,
                         dtype: str = "float32", mesh=None) -> RewardFn:
     """r(x, y) = score of the exported reward model `path` at the last real token of x ++ y (++ EOS)."""
-    from alignment import models
     graphdef, state, cfg = _load(path, dtype, mesh, classifier=True)
 
     @jax.jit
@@ -130,8 +129,6 @@ def log_ratio_reward(path: str, base_path: str, *, batch_size: int = 32, length_
                      eos_id: int | None = None, dtype: str = "float32", chunk_size: int = 256,
                      mesh=None) -> RewardFn:
     """r(x, y) = sum over response tokens (and EOS) of log p_path - log p_base; both models frozen."""
-    from alignment import models
-    from alignment.models.logprobs import model_logprobs
     g1, s1, c1 = _load(path, dtype, mesh, classifier=False)
     g2, s2, c2 = _load(base_path, dtype, mesh, classifier=False)
     if c1.vocab_size != c2.vocab_size:

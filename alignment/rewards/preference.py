@@ -13,7 +13,7 @@ import dataclasses
 
 import numpy as np
 
-from alignment.rewards.base import RewardFn, RewardInputs
+from alignment.rewards.base import RewardFn, RewardInputs, check_rewards
 
 
 def _sigmoid(x):
@@ -37,7 +37,6 @@ class PairwisePreference:
             if pa != pb:
                 raise ValueError(f"PairwisePreference: row {i} compares responses to different prompts "
                                  f"({pa!r} vs {pb!r})")
-        from alignment.rewards.base import check_rewards
         name = getattr(self.reward_fn, "reward_name", getattr(self.reward_fn, "__name__", "reward"))
         ra = check_rewards(self.reward_fn(inputs_a), len(inputs_a), name).astype(np.float64)
         rb = check_rewards(self.reward_fn(inputs_b), len(inputs_b), name).astype(np.float64)

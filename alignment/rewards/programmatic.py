@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from alignment import tasks
 from alignment.rewards.base import RewardFn, RewardInputs
 
 
 def _task(task):
     if isinstance(task, str):
-        from alignment import tasks
         return tasks.get_task(task)
     return task
 

@@ -14,22 +14,33 @@ import jax.numpy as jnp
 NEG_INF = -jnp.inf
 
 
-def temperature_scale(logits_BxV, temperature: float):
-    """logits / T (T > 0); T -> 0 approaches greedy decoding, which `sample_token` handles exactly."""
-    return logits_BxV / jnp.asarray(temperature, logits_BxV.dtype)
+def temperature_scale(logits, temperature: float):
+    """logits / T (T > 0); T -> 0 approaches greedy decoding, which `sample_token` handles exactly.
+
+    logits: [B, V] (any shape works); returns the same shape.
+    """
+    return logits / jnp.asarray(temperature, logits.dtype)
 
 
-def top_k_filter(logits_BxV, k: int):
-    """Keeps the k largest logits per row (all tokens tied with the k-th are kept too)."""
+def top_k_filter(logits, k: int):
+    """Keeps the k largest logits per row (all tokens tied with the k-th are kept too).
+
+    logits: [B, V]; returns [B, V] with the removed tokens at -inf.
+    """
+    logits_BxV = logits
     if k >= logits_BxV.shape[-1]:
         return logits_BxV
     kth_Bx1 = jax.lax.top_k(logits_BxV, k)[0][:, -1:]
     return jnp.where(logits_BxV >= kth_Bx1, logits_BxV, NEG_INF)
 
 
-def top_p_filter(logits_BxV, p: float):
+def top_p_filter(logits, p: float):
     """Nucleus sampling (Holtzman et al., 2020): keeps the smallest set of most likely tokens whose
-    probability reaches p, i.e. a token stays iff the mass of the tokens ranked above it is < p."""
+    probability reaches p, i.e. a token stays iff the mass of the tokens ranked above it is < p.
+
+    logits: [B, V]; returns [B, V] with the removed tokens at -inf.
+    """
+    logits_BxV = logits
     if p >= 1.0:
         return logits_BxV
     order_BxV = jnp.argsort(-logits_BxV, axis=-1)
@@ -44,8 +55,12 @@ def top_p_filter(logits_BxV, p: float):
     return jnp.where(keep_BxV, logits_BxV, NEG_INF)
 
 
-def min_p_filter(logits_BxV, min_p: float):
-    """min-p sampling (Nguyen et al., 2024): keeps tokens with p(v) >= min_p * max_v p(v)."""
+def min_p_filter(logits, min_p: float):
+    """min-p sampling (Nguyen et al., 2024): keeps tokens with p(v) >= min_p * max_v p(v).
+
+    logits: [B, V]; returns [B, V] with the removed tokens at -inf.
+    """
+    logits_BxV = logits
     if min_p <= 0.0:
         return logits_BxV
     # p(v) / p_max = exp(z_v - z_max): compare in log space, no normalisation needed.
@@ -81,8 +96,9 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
-    def process(self, logits_BxV):
-        """Raw float32 logits -> the logits of the distribution tokens are drawn from."""
+    def process(self, logits):
+        """Raw float32 logits [B, V] -> logits [B, V] of the distribution tokens are drawn from."""
+        logits_BxV = logits
         logits_BxV = temperature_scale(logits_BxV, self.temperature)
         if self.top_k is not None:
             logits_BxV = top_k_filter(logits_BxV, self.top_k)
@@ -93,9 +109,10 @@ class SamplingParams:
         return logits_BxV
 
 
-def sample_token(logits_BxV, keys_B, params: SamplingParams):
-    """Next tokens [B] from raw logits, one PRNG key per row (so a row's draw does not depend on
-    which other rows share its batch)."""
+def sample_token(logits, keys, params: SamplingParams):
+    """Next tokens [B] int32 from raw logits [B, V], one PRNG key per row (keys: [B]), so a row's
+    draw does not depend on which other rows share its batch."""
+    logits_BxV, keys_B = logits, keys
     if params.greedy:
         return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
     processed_BxV = params.process(logits_BxV.astype(jnp.float32))

@@ -4,7 +4,7 @@ Two levels:
 - `generate(model, prompts, ...)`: lists of token ids in, `GenerateOutput` (new tokens and their
   log-probs, no padding) out. Prompts are left-padded and the batch and prompt length rounded up
   to powers of two, so repeated calls hit a handful of compiled programs.
-- `sample_arrays(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, key, ...)`: pure and jittable,
+- `sample_arrays(graphdef, state, prompt_ids, prompt_mask, key, ...)`: pure and jittable,
   padded arrays in and out, for online learners that sample inside their own jitted code.
 
 The log-probs returned are log_softmax(raw model logits)[token]: the probability of the sampled
@@ -30,16 +30,23 @@ MIN_PROMPT_BUCKET = 8
 
 @dataclasses.dataclass(frozen=True)
 class SampleArrays:
-    """Padded output of `sample_arrays` ([B, N] with N = max_new_tokens)."""
-    tokens_BxN: jax.Array    # int32, pad_id after a sequence stops
-    logprobs_BxN: jax.Array  # float32 log-prob of each token under the raw model logits, 0 after stop
-    lengths_B: jax.Array     # int32 number of new tokens, the stop token included
-    stopped_B: jax.Array     # bool: ended on a stop token (False: ran out of max_new_tokens)
-    num_steps: jax.Array     # int32 scalar: decode steps run (< N when every row stopped early)
+    """Padded output of `sample_arrays` (B rows, N = max_new_tokens).
+
+    tokens: [B, N] int32, pad_id after a sequence stops.
+    logprobs: [B, N] float32 log-prob of each token under the raw model logits, 0 after stop.
+    lengths: [B] int32 number of new tokens, the stop token included.
+    stopped: [B] bool, ended on a stop token (False: ran out of max_new_tokens).
+    num_steps: int32 scalar, decode steps run (< N when every row stopped early).
+    """
+    tokens: jax.Array
+    logprobs: jax.Array
+    lengths: jax.Array
+    stopped: jax.Array
+    num_steps: jax.Array
 
 
 jax.tree_util.register_dataclass(
-    SampleArrays, data_fields=["tokens_BxN", "logprobs_BxN", "lengths_B", "stopped_B", "num_steps"],
+    SampleArrays, data_fields=["tokens", "logprobs", "lengths", "stopped", "num_steps"],
     meta_fields=[])
 
 
@@ -63,20 +70,23 @@ def _row_keys(key, row_ids_B, step):
     return jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(key, r), step))(row_ids_B)
 
 
-def sample_arrays(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, key, *, max_new_tokens: int,
+def sample_arrays(graphdef, state, prompt_ids, prompt_mask, key, *, max_new_tokens: int,
                   params: SamplingParams = SamplingParams(), stop_ids: tuple[int, ...] = (),
-                  pad_id: int = 0, active_B=None, cache_len: int | None = None,
+                  pad_id: int = 0, active=None, cache_len: int | None = None,
                   logits_processor=None) -> SampleArrays:
     """Samples up to `max_new_tokens` per row after left-padded prompts; pure and jittable.
 
     graphdef/state: `alignment.models.split(model)` (graphdef, params and the other static args
-    must be static under jit). prompt_mask_BxP: 1 on prompt tokens, 0 on (left) padding; every row
-    needs at least one prompt token. active_B: rows that are False are treated as already stopped
-    (batch padding). The loop exits as soon as every row has stopped.
-    logits_processor: optional `f(logits_BxV, tokens_BxN, step) -> logits_BxV` applied to the raw
-    logits before temperature and filters (e.g. value guidance, banned tokens); it changes what is
-    sampled, not the returned log-probs, which stay those of the raw model.
+    must be static under jit). prompt_ids: [B, P] int, left-padded. prompt_mask: [B, P], 1 on
+    prompt tokens, 0 on (left) padding; every row needs at least one prompt token. active: [B]
+    bool or None; rows that are False are treated as already stopped (batch padding). The loop
+    exits as soon as every row has stopped.
+    logits_processor: optional `f(logits, tokens, step) -> logits` ([B, V] float32 logits, [B, N]
+    tokens so far) applied to the raw logits before temperature and filters (e.g. value
+    guidance, banned tokens); it changes what is sampled, not the returned log-probs, which stay
+    those of the raw model.
     """
+    prompt_ids_BxP, prompt_mask_BxP, active_B = prompt_ids, prompt_mask, active
     b, p = prompt_ids_BxP.shape
     n = max_new_tokens
     cache_len = p + n if cache_len is None else cache_len
@@ -133,7 +143,7 @@ def _sample_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, active_B, key,
     TRACE_COUNT[0] += 1
     return sample_arrays(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, key,
                          max_new_tokens=max_new_tokens, params=params, stop_ids=stop_ids,
-                         pad_id=pad_id, active_B=active_B, logits_processor=logits_processor)
+                         pad_id=pad_id, active=active_B, logits_processor=logits_processor)
 
 
 def _bucket(n: int, minimum: int = 1) -> int:
@@ -215,7 +225,7 @@ def generate(model, prompts, *, max_new_tokens, temperature=0.0, top_k=None, top
                       stop_ids=tuple(int(s) for s in stops), pad_id=int(pad_id),
                       logits_processor=logits_processor)
     tokens, logprobs, lengths, stopped = jax.device_get(
-        (out.tokens_BxN, out.logprobs_BxN, out.lengths_B, out.stopped_B))
+        (out.tokens, out.logprobs, out.lengths, out.stopped))
     n = len(prompts)
     return GenerateOutput(
         tokens=[tokens[i, :lengths[i]].tolist() for i in range(n)],

@@ -11,16 +11,19 @@ when that task is built.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 
+from alignment.tasks.arithmetic import ArithmeticTask
 from alignment.tasks.base import SPLITS, Task, split_of
+from alignment.tasks.reasoning_gym import ReasoningGymTask
+from alignment.tasks.sentiment import SentimentTask
+from alignment.tasks.sorting import SortingTask
 
-# name -> (module, class); modules load on first use so an optional extra costs nothing.
+# name -> task class
 _REGISTRY = {
-    "arithmetic": ("alignment.tasks.arithmetic", "ArithmeticTask"),
-    "reasoning_gym": ("alignment.tasks.reasoning_gym", "ReasoningGymTask"),
-    "sentiment": ("alignment.tasks.sentiment", "SentimentTask"),
-    "sorting": ("alignment.tasks.sorting", "SortingTask"),
+    "arithmetic": ArithmeticTask,
+    "reasoning_gym": ReasoningGymTask,
+    "sentiment": SentimentTask,
+    "sorting": SortingTask,
 }
 
 
@@ -33,8 +36,7 @@ def get_task(name: str, **kwargs) -> Task:
     """The task called `name`, built with `kwargs` as its knobs (its dataclass fields)."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(available())}")
-    module, cls_name = _REGISTRY[name]
-    cls = getattr(importlib.import_module(module), cls_name)
+    cls = _REGISTRY[name]
     fields = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(kwargs) - set(fields))
     if unknown:

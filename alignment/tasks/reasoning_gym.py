@@ -26,7 +26,7 @@ _COT_ANSWER = re.compile(r"^\s*####\s*(.*?)\s*$", re.MULTILINE)
 
 def _import_reasoning_gym():
     try:
-        import reasoning_gym
+        import reasoning_gym  # optional heavy dependency: pip install 'alignment[reasoning]'
     except ImportError as e:
         raise ImportError(INSTALL_HINT) from e
     return reasoning_gym

@@ -16,6 +16,7 @@ import itertools
 from typing import ClassVar
 
 import numpy as np
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from alignment.tasks import base
 
@@ -54,7 +55,6 @@ _NEUTRAL_TAILS = ("and then we went home", "and it lasted two hours", "and we to
 
 @functools.lru_cache(maxsize=1)
 def _analyzer():
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
     return SentimentIntensityAnalyzer()
 
 
