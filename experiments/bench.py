@@ -108,7 +108,7 @@ def bench_model(args) -> dict:
     def sampler(new_tokens):
         return jax.jit(lambda state, ids, mask: sample_arrays(
             graphdef, state, ids, mask, jax.random.key(0), max_new_tokens=new_tokens,
-            params=SamplingParams(temperature=args.temperature), active_B=active))
+            params=SamplingParams(temperature=args.temperature), active=active))
 
     sample, prefill = sampler(args.new_tokens), sampler(1)
     seconds = _time(lambda: sample(state, prompt_ids, prompt_mask), args.steps)

@@ -51,7 +51,7 @@ def setup():
     sampler = rollout.make_sampler(graphdef, max_new_tokens=6, temperature=1.0, top_k=0, top_p=1.0,
                                    stop_ids=(tok.eos_id,), pad_id=tok.pad_id)
     out = sampler(params, ids, mask, jax.random.PRNGKey(0))
-    tokens, logprobs, lengths = jax.device_get((out.tokens_BxN, out.logprobs_BxN, out.lengths_B))
+    tokens, logprobs, lengths = jax.device_get((out.tokens, out.logprobs, out.lengths))
     batch = rollout.assemble(ids, mask, tokens, logprobs, lengths, tok.pad_id)
     return dict(tok=tok, mesh=mesh, graphdef=graphdef, params=params, shardings=shardings, batch=batch,
                 lengths=lengths)

@@ -225,7 +225,7 @@ class OnlineRun:
         t0 = time.perf_counter()
         sample = self.sampler(params, jax.device_put(p_ids, rows_sh), jax.device_put(p_mask, rows_sh),
                               jax.random.fold_in(self.key0, step_no))
-        tokens, logprobs, lengths = jax.device_get((sample.tokens_BxN, sample.logprobs_BxN, sample.lengths_B))
+        tokens, logprobs, lengths = jax.device_get((sample.tokens, sample.logprobs, sample.lengths))
         gen_time = time.perf_counter() - t0
         batch_np = rollout.assemble(p_ids, p_mask, tokens, logprobs, lengths, self.pad)
         mask = batch_np["loss_mask"]
