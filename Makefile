@@ -19,6 +19,9 @@ install-test: $(BIN)/python
 run: install
 	$(BIN)/python -m experiments.default --workdir runs/default
 
-# two workers (one per core), a test file per worker so module fixtures are built once
+# one style first (ruff format + lint), then the suite: two workers (one per core), a test file
+# per worker so module fixtures are built once
 test: install-test
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=20 tests

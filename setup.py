@@ -30,7 +30,7 @@ setup(
         "pyarrow",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "hypothesis", "nbclient", "nbformat", "ipykernel"],
+        "test": ["pytest", "pytest-xdist", "hypothesis", "nbclient", "nbformat", "ipykernel", "ruff==0.17.5"],
         # Parity references: tiny random Hugging Face models. torch is pinned to the CPU wheel
         # these machines carry; an unpinned torch pulls a multi-GB CUDA build.
         "parity": ["torch==2.13.0", "transformers"],
