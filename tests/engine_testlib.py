@@ -9,6 +9,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
+
+from alignment import models, optim
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -22,7 +25,6 @@ def optim_cfg(**kw):
 
 
 def tiny_model(vocab_size=64):
-    from alignment import models
     return models.get_preset("tiny", vocab_size=vocab_size, d_model=32, d_ff=64, head_dim=8,
                              n_heads=4, n_kv_heads=2, n_layers=2, max_seq_len=32)
 
@@ -75,8 +77,6 @@ def run_train_cli(workdir, *overrides, devices=8, env_extra=None, config="config
 
 def final_params(workdir):
     """Parameters of the newest checkpoint in `workdir`, as numpy arrays keyed by path."""
-    import orbax.checkpoint as ocp
-    from alignment import optim
     ckdir = pathlib.Path(workdir) / "checkpoints"
     step = max(int(p.name) for p in ckdir.iterdir() if p.name.isdigit())
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -12,9 +12,8 @@ import pytest
 
 from alignment import config_files
 
-from alignment import losses, optim, sharding
+from alignment import losses, models, optim, rewards, sharding, tasks
 from alignment import engine as T
-from alignment import learners
 from alignment.learners import online, online_pairs, pg, rollout
 from alignment.rewards.base import RewardInputs
 from alignment.tokenizer import tiny_tokenizer
@@ -27,7 +26,6 @@ def _config(name, arg="tiny"):
 
 
 def _tiny_model(tok):
-    from alignment import models
     return models.get_preset("tiny", vocab_size=tok.vocab_size, max_seq_len=64, d_model=32, d_ff=64,
                              head_dim=8, n_layers=1)
 
@@ -202,7 +200,6 @@ def test_zero_weight_pair_slots_give_exactly_no_gradient_even_with_sails_score_t
 
 
 def test_dataset_pairs_encode_in_the_rollout_layout_and_sail_dp_relabels_by_the_implicit_reward(setup):
-    from alignment import tasks
     tok = setup["tok"]
     task = tasks.get_task("sorting", length=(3, 4), value_range=(0, 9))
     rows, skipped = online_pairs.dataset_pairs(task, 6, seed=0)
@@ -267,7 +264,6 @@ def test_nan_or_wrong_shape_reward_names_the_reward_and_row(setup):
         def gold_rewards(self, prompts, responses):
             return np.array([1.0, np.nan, 0.0], np.float32)[:len(prompts)]
 
-    from alignment import rewards
     cfg = rewards.default_reward_config()
     fn, name = rollout.make_reward(cfg, task=Task(), tokenizer=setup["tok"], mesh=setup["mesh"])
     inputs = RewardInputs(["a", "b", "c"], ["x", "y", "z"], [[1], [2], [3]], [[1], [2], [3]])

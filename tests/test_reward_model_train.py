@@ -16,9 +16,9 @@ import pytest
 from alignment import config_files
 
 from alignment import rewards, tasks
-from alignment import engine as T
 from alignment import learners
 from alignment.data.task_pairs import task_rows
+from alignment.tokenizer import tiny_tokenizer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 50
@@ -75,7 +75,6 @@ def test_exported_reward_model_scores_held_out_pairs_like_the_gold_scorer(rm_run
     reward_cfg.kind, reward_cfg.path, reward_cfg.batch_size = "reward_model", folder, 16
     fn = rewards.make_reward(reward_cfg)  # EOS from the tokenizer saved with the export
     pairs = task_rows("sentiment", kind="preference", split="validation", n=48, seed=1, label_temperature=0.0)
-    from alignment.tokenizer import tiny_tokenizer
     tok = tiny_tokenizer()
     prompts = [p["prompt"] for p in pairs]
     chosen = fn(rewards.RewardInputs.from_text(prompts, [p["chosen"] for p in pairs], tok))

@@ -15,11 +15,12 @@ import pytest
 from alignment import config_files
 from flax import nnx
 
-from alignment import losses, models, optim, sharding
+from alignment import data, losses, models, optim, sharding
 from alignment import engine as T
 from alignment import learners
 from alignment.learners import offline
 from alignment.tokenizer import Tokenizer, tiny_tokenizer
+from experiments import evaluate
 
 
 import engine_testlib as lib  # tests/ is on sys.path (conftest.py)
@@ -56,7 +57,6 @@ def test_eval_loss_is_logged_at_eval_steps_and_equals_a_manual_forward(sft_run):
     assert [s for s in rows if "eval_loss" in rows[s]] == [3, 4]
     # a manual, unsharded forward of the same held-out batches with the final params
     config, params = sft_run["config"], sft_run["params"]
-    from alignment import data
     size = config.global_batch_size // config.grad_accum_steps
     it = data.make_iterator(config.data, tiny_tokenizer(), kind="sft", split="eval", global_batch_size=size,
                             seed=config.data.seed)
@@ -110,7 +110,6 @@ def test_run_record_and_reference_export_of_a_random_init(sft_run):
 
 
 def test_evaluate_cli_runs_on_the_tiny_run(sft_run):
-    from experiments import evaluate
     workdir = sft_run["workdir"]
     assert evaluate.main(["--workdir", workdir, "--task", "sorting", "--num_prompts", "2",
                           "--samples_per_prompt", "2", "--max_new_tokens", "6", "--num_examples", "1",
