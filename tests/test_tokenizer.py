@@ -1,6 +1,8 @@
 """Tokenizer: parity with transformers on the real Qwen3 tokenizer, sentencepiece, tiny tokenizer."""
 import io
 import json
+import pathlib
+import sys
 
 import jinja2
 import pytest
@@ -219,3 +221,81 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="eos_token='<not-a-token>' is not in the vocabulary"):
         Tokenizer.from_pretrained(tmp_path)
+
+
+# -- golden outputs ----------------------------------------------------------------------------------
+# tests/tokenizer_golden.json holds what the hand-written implementation this module replaced
+# produced (ids, decoded text, rendered chat text and chat ids) on the Qwen3 fixture, the shipped
+# sentiment base and the tiny tokenizer. Trained checkpoints and cached token data depend on them.
+
+GOLDEN_FILE = pathlib.Path(__file__).with_name("tokenizer_golden.json")
+GOLDEN_HINT = (
+    "differs from tests/tokenizer_golden.json. Checkpoints and cached data were tokenized with the "
+    "recorded values: fix alignment/tokenizer.py. Only if the change is intended (e.g. a "
+    "transformers upgrade changed a template on purpose) re-record the file with "
+    "`python tests/test_tokenizer.py --regenerate-golden` and say why in the commit message.")
+
+
+def _golden_outputs(tok, golden):
+    """The golden file's structure, with every output recomputed by `tok` from its inputs."""
+    out = {k: getattr(tok, k) for k in ("vocab_size", "bos_id", "eos_id", "pad_id")}
+    out["encode"] = []
+    for e in golden["encode"]:
+        ids = tok.encode(e["text"])
+        out["encode"].append({
+            "text": e["text"], "ids": ids,
+            "ids_special": tok.encode(e["text"], add_special_tokens=True),
+            "decode": tok.decode(ids), "decode_skip": tok.decode(ids, skip_special_tokens=True)})
+    out["chat"] = []
+    for c in golden["chat"]:
+        kw = dict(c["kwargs"], add_generation_prompt=c["add_generation_prompt"])
+        out["chat"].append({
+            "messages": c["messages"], "kwargs": c["kwargs"],
+            "add_generation_prompt": c["add_generation_prompt"],
+            "text": tok.apply_chat_template(c["messages"], **kw),
+            "ids": tok.apply_chat_template(c["messages"], tokenize=True, **kw)})
+    return out
+
+
+def _golden_tokenizers(qwen3_dir=None):
+    base = pathlib.Path(__file__).parents[1] / "alignment" / "assets" / "bases" / "sentiment"
+    toks = {"sentiment_base": lambda: Tokenizer.from_pretrained(base), "tiny": tiny_tokenizer}
+    if qwen3_dir is not None:
+        toks["qwen3"] = lambda: Tokenizer.from_pretrained(qwen3_dir)
+    return toks
+
+
+def _assert_matches_golden(name, tok):
+    golden = json.loads(GOLDEN_FILE.read_text(encoding="utf-8"))[name]
+    got = _golden_outputs(tok, golden)
+    for key in ("vocab_size", "bos_id", "eos_id", "pad_id"):
+        assert got[key] == golden[key], f"{name}: {key} {got[key]!r} {GOLDEN_HINT}"
+    assert len(golden["encode"]) >= 10 and len(golden["chat"]) >= (6 if name != "sentiment_base" else 0)
+    for g, e in zip(golden["encode"], got["encode"]):
+        for key in ("ids", "ids_special", "decode", "decode_skip"):
+            assert e[key] == g[key], f"{name}: {key} of {g['text'][:60]!r} {GOLDEN_HINT}"
+    for g, c in zip(golden["chat"], got["chat"]):
+        where = (f"{name}: chat {g['messages']!r} kwargs={g['kwargs']!r} "
+                 f"add_generation_prompt={g['add_generation_prompt']}")
+        assert c["text"] == g["text"], f"{where}: rendered text {GOLDEN_HINT}"
+        assert c["ids"] == g["ids"], f"{where}: ids {GOLDEN_HINT}"
+
+
+def test_qwen3_matches_golden(qwen3):
+    _assert_matches_golden("qwen3", qwen3[0])
+
+
+@pytest.mark.parametrize("name", ["sentiment_base", "tiny"])
+def test_shipped_and_tiny_tokenizers_match_golden(name):
+    _assert_matches_golden(name, _golden_tokenizers()[name]())
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--regenerate-golden"]:
+    _old = json.loads(GOLDEN_FILE.read_text(encoding="utf-8"))
+    import conftest  # the same fixture location the test session uses
+    _dir = conftest.SHARED / "fixtures" / "qwen3-tokenizer"
+    _new = {"about": _old["about"]}
+    for _name, _make in _golden_tokenizers(_dir if _dir.is_dir() else None).items():
+        _new[_name] = _golden_outputs(_make(), _old[_name])
+    _new = {k: _new.get(k, _old[k]) for k in _old}
+    GOLDEN_FILE.write_text(json.dumps(_new, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
