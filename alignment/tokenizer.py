@@ -19,6 +19,9 @@ import pathlib
 from typing import Any, Mapping, Sequence
 
 import tokenizers
+# A hard dependency imported at the top: `import transformers` is a lazy module (~0.6 s, no
+# torch). Its AutoTokenizer imports torch where torch is installed (+1.5 s on first use); the
+# tiny tokenizer (PreTrainedTokenizerFast) does not.
 import transformers
 
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -79,7 +82,7 @@ class Tokenizer:
         path.mkdir(parents=True, exist_ok=True)
         self.hf.save_pretrained(str(path))
 
-    save = save_pretrained
+    save = save_pretrained  # the name alignment.checkpoint and alignment.pretrain call
 
     # -- vocabulary --------------------------------------------------------------------------------
 
