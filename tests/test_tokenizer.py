@@ -346,4 +346,14 @@ if __name__ == "__main__" and sys.argv[1:] == ["--regenerate-golden"]:
     for _name, _make in _golden_tokenizers(_dir if _dir.is_dir() else None).items():
         _new[_name] = _golden_outputs(_make(), _old[_name])
     _new = {k: _new.get(k, _old[k]) for k in _old}
-    GOLDEN_FILE.write_text(json.dumps(_new, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    _lines = ["{", f' "about": {json.dumps(_new["about"], ensure_ascii=False)},']
+    _names = [k for k in _new if k != "about"]
+    for _i, _name in enumerate(_names):  # one entry per line: reviewable diffs
+        _t = _new[_name]
+        _lines.append(f' "{_name}": {{')
+        _lines += [f'  "{k}": {json.dumps(_t[k])},' for k in ("vocab_size", "bos_id", "eos_id", "pad_id")]
+        for _key, _end in (("encode", ","), ("chat", "")):
+            _lines += [f'  "{_key}": [', ",\n".join(
+                "   " + json.dumps(e, ensure_ascii=False) for e in _t[_key]), "  ]" + _end]
+        _lines.append(" }" + ("," if _i < len(_names) - 1 else ""))
+    GOLDEN_FILE.write_text("\n".join(_lines + ["}"]) + "\n", encoding="utf-8")
