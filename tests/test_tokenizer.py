@@ -351,7 +351,8 @@ if __name__ == "__main__" and sys.argv[1:] == ["--regenerate-golden"]:
     for _i, _name in enumerate(_names):  # one entry per line: reviewable diffs
         _t = _new[_name]
         _lines.append(f' "{_name}": {{')
-        _lines += [f'  "{k}": {json.dumps(_t[k])},' for k in ("vocab_size", "bos_id", "eos_id", "pad_id")]
+        _lines += [f'  "{k}": {json.dumps(_t[k])},'
+                   for k in ("vocab_size", "bos_id", "eos_id", "pad_id")]
         for _key, _end in (("encode", ","), ("chat", "")):
             _lines += [f'  "{_key}": [', ",\n".join(
                 "   " + json.dumps(e, ensure_ascii=False) for e in _t[_key]), "  ]" + _end]
