@@ -17,6 +17,9 @@ setup(
         "ml-collections>=1.0",
         "numpy",
         "safetensors",
+        # tokenization and chat templates: transformers' fast tokenizers (no torch needed);
+        # transformers does not require jinja2, its chat templates do
+        "transformers>=5",
         "tokenizers",
         "sentencepiece",
         "jinja2",
@@ -31,9 +34,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist", "hypothesis", "nbclient", "nbformat", "ipykernel", "ruff==0.17.5"],
-        # Parity references: tiny random Hugging Face models. torch is pinned to the CPU wheel
-        # these machines carry; an unpinned torch pulls a multi-GB CUDA build.
-        "parity": ["torch==2.13.0", "transformers"],
+        # Parity references: tiny random Hugging Face models (transformers' torch models). torch is
+        # pinned to the CPU wheel these machines carry; an unpinned torch pulls a multi-GB CUDA build.
+        "parity": ["torch==2.13.0"],
         "reasoning": ["reasoning-gym"],
     },
 )

@@ -175,7 +175,7 @@ def train_tokenizer(texts, *, vocab_size: int, min_frequency: int):
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", tok.token_to_id("<bos>"))])
     config = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
               "clean_up_tokenization_spaces": False, "model_max_length": 1 << 20}
-    return Tokenizer(tok, config=config)
+    return Tokenizer.from_tokenizers(tok, **config)
 
 
 # ----------------------------------------------------------------------------- training

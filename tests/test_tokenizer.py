@@ -1,6 +1,10 @@
-"""Tokenizer: parity with transformers on the real Qwen3 tokenizer, sentencepiece, tiny tokenizer."""
+"""Tokenizer: the transformers-backed wrapper on the real Qwen3 tokenizer, sentencepiece and
+the tiny tokenizer; golden outputs of the earlier implementation; no torch needed."""
 import io
 import json
+import pathlib
+import subprocess
+import sys
 
 import jinja2
 import pytest
@@ -29,6 +33,9 @@ CONVERSATIONS = [
     [{"role": "user", "content": "Think first."},
      {"role": "assistant", "content": "<think>\nhmm\n</think>\n\nThe answer is 4."}],
 ]
+
+
+SENTIMENT_BASE = pathlib.Path(__file__).parents[1] / "alignment" / "assets" / "bases" / "sentiment"
 
 
 def _hf(path):
@@ -96,7 +103,7 @@ def test_qwen3_chat_template_tools_and_none_content(qwen3):
 
 def test_qwen3_save_roundtrip(qwen3, tmp_path):
     ours, _ = qwen3
-    ours.save(tmp_path)
+    ours.save_pretrained(tmp_path)
     again = Tokenizer.from_pretrained(tmp_path)
     assert (again.eos_id, again.pad_id, again.bos_id) == (ours.eos_id, ours.pad_id, ours.bos_id)
     assert [again.encode(t) for t in TEXTS] == [ours.encode(t) for t in TEXTS]
@@ -175,7 +182,8 @@ def sp_dir(tmp_path_factory):
         minloglevel=2, num_threads=1)
     path = tmp_path_factory.mktemp("sp")
     (path / "tokenizer.model").write_bytes(model.getvalue())
-    config = {"chat_template": "{% for m in messages %}{{ bos_token + m['role'] + ': ' + m['content']"
+    config = {"pad_token": "<pad>",
+              "chat_template": "{% for m in messages %}{{ bos_token + m['role'] + ': ' + m['content']"
                                " + eos_token }}{% endfor %}"}
     (path / "tokenizer_config.json").write_text(json.dumps(config))
     return path
@@ -190,10 +198,12 @@ def test_sentencepiece_loads_and_roundtrips(sp_dir, tmp_path):
         ids = tok.encode(text)
         assert ids == ref.encode(text)
         assert tok.decode(ids) == text  # byte fallback: nothing lost
-        assert tok.encode(text, add_special_tokens=True) == [1] + ids  # sentencepiece models add BOS
+        # special tokens added as transformers adds them for this folder
+        assert tok.encode(text, add_special_tokens=True) == _hf(sp_dir).encode(text)
     chat = tok.apply_chat_template([{"role": "user", "content": "hello"}], tokenize=True)
     assert chat[0] == tok.bos_id and chat[-1] == tok.eos_id  # special tokens in text become their ids
-    assert tok.decode(chat) == "<s>user: hello</s>"
+    # decoding follows transformers (which puts a space after <s> for sentencepiece's "▁user")
+    assert tok.decode(chat) == _hf(sp_dir).decode(chat)
     assert tok.decode(chat, skip_special_tokens=True) == "user: hello"
     tok.save(tmp_path)
     again = Tokenizer.from_pretrained(tmp_path)
@@ -211,11 +221,140 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         tok.encode(b"bytes")
     with pytest.raises(ValueError, match="non-empty list"):
         tok.apply_chat_template([])
+    with pytest.raises(ValueError, match="non-empty list of dicts"):
+        tok.apply_chat_template(["hello"])
     with pytest.raises(FileNotFoundError, match="neither tokenizer.json nor tokenizer.model"):
         Tokenizer.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        Tokenizer.from_pretrained(tmp_path / "missing")
+    with pytest.raises(ValueError, match="has no chat_template"):
+        Tokenizer.from_pretrained(SENTIMENT_BASE).apply_chat_template(CONVERSATIONS[0])
     tok.save(tmp_path)
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     config["eos_token"] = "<not-a-token>"
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="eos_token='<not-a-token>' is not in the vocabulary"):
         Tokenizer.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="pad_token='<nope>' is not in the vocabulary"):
+        Tokenizer.from_tokenizers(tok.hf.backend_tokenizer, pad_token="<nope>")
+
+
+# -- no torch --------------------------------------------------------------------------------------
+
+NO_TORCH = """
+import importlib.machinery, json, sys
+
+class NoTorch(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            return None
+        return super().find_spec(name, path, target)
+
+sys.meta_path = [NoTorch if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+from alignment.tokenizer import Tokenizer, tiny_tokenizer
+tok = Tokenizer.from_pretrained(sys.argv[1])
+tiny = tiny_tokenizer()
+chat = [{"role": "user", "content": "hi"}]
+print(json.dumps({"torch": "torch" in sys.modules, "ids": tok.encode("Hello, world!"),
+                  "chat": tiny.apply_chat_template(chat, add_generation_prompt=True)}))
+"""
+
+
+def test_works_without_torch():
+    # transformers' fast tokenizers need no torch: load, encode and render with torch hidden.
+    out = subprocess.run([sys.executable, "-c", NO_TORCH, str(SENTIMENT_BASE)], check=True,
+                         capture_output=True, text=True, cwd=pathlib.Path(__file__).parents[1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["torch"] is False
+    assert result["ids"] == Tokenizer.from_pretrained(SENTIMENT_BASE).encode("Hello, world!")
+    assert result["chat"] == "<bos><|user|>\nhi<eos>\n<|assistant|>\n"
+
+
+# -- golden outputs --------------------------------------------------------------------------------
+# tests/tokenizer_golden.json holds what the hand-written implementation this module replaced
+# produced (ids, decoded text, rendered chat text and chat ids) on the Qwen3 fixture, the shipped
+# sentiment base and the tiny tokenizer. Trained checkpoints and cached token data depend on them.
+
+GOLDEN_FILE = pathlib.Path(__file__).with_name("tokenizer_golden.json")
+GOLDEN_HINT = (
+    "differs from tests/tokenizer_golden.json. Checkpoints and cached data were tokenized with the "
+    "recorded values: fix alignment/tokenizer.py. Only if the change is intended (e.g. a "
+    "transformers upgrade changed a template on purpose) re-record the file with "
+    "`python tests/test_tokenizer.py --regenerate-golden` and say why in the commit message.")
+
+
+def _golden_outputs(tok, golden):
+    """The golden file's structure, with every output recomputed by `tok` from its inputs."""
+    out = {k: getattr(tok, k) for k in ("vocab_size", "bos_id", "eos_id", "pad_id")}
+    out["encode"] = []
+    for e in golden["encode"]:
+        ids = tok.encode(e["text"])
+        out["encode"].append({
+            "text": e["text"], "ids": ids,
+            "ids_special": tok.encode(e["text"], add_special_tokens=True),
+            "decode": tok.decode(ids), "decode_skip": tok.decode(ids, skip_special_tokens=True)})
+    out["chat"] = []
+    for c in golden["chat"]:
+        kw = dict(c["kwargs"], add_generation_prompt=c["add_generation_prompt"])
+        out["chat"].append({
+            "messages": c["messages"], "kwargs": c["kwargs"],
+            "add_generation_prompt": c["add_generation_prompt"],
+            "text": tok.apply_chat_template(c["messages"], **kw),
+            "ids": tok.apply_chat_template(c["messages"], tokenize=True, **kw)})
+    return out
+
+
+def _golden_tokenizers(qwen3_dir=None):
+    toks = {"sentiment_base": lambda: Tokenizer.from_pretrained(SENTIMENT_BASE),
+            "tiny": tiny_tokenizer}
+    if qwen3_dir is not None:
+        toks["qwen3"] = lambda: Tokenizer.from_pretrained(qwen3_dir)
+    return toks
+
+
+def _assert_matches_golden(name, tok):
+    golden = json.loads(GOLDEN_FILE.read_text(encoding="utf-8"))[name]
+    got = _golden_outputs(tok, golden)
+    for key in ("vocab_size", "bos_id", "eos_id", "pad_id"):
+        assert got[key] == golden[key], f"{name}: {key} {got[key]!r} {GOLDEN_HINT}"
+    assert len(golden["encode"]) >= 10  # the file was read, not an empty list
+    for g, e in zip(golden["encode"], got["encode"]):
+        for key in ("ids", "ids_special", "decode", "decode_skip"):
+            assert e[key] == g[key], f"{name}: {key} of {g['text'][:60]!r} {GOLDEN_HINT}"
+    for g, c in zip(golden["chat"], got["chat"]):
+        where = (f"{name}: chat {g['messages']!r} kwargs={g['kwargs']!r} "
+                 f"add_generation_prompt={g['add_generation_prompt']}")
+        assert c["text"] == g["text"], f"{where}: rendered text {GOLDEN_HINT}"
+        assert c["ids"] == g["ids"], f"{where}: ids {GOLDEN_HINT}"
+
+
+def test_qwen3_matches_golden(qwen3):
+    _assert_matches_golden("qwen3", qwen3[0])
+
+
+@pytest.mark.parametrize("name", ["sentiment_base", "tiny"])
+def test_shipped_and_tiny_tokenizers_match_golden(name):
+    _assert_matches_golden(name, _golden_tokenizers()[name]())
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--regenerate-golden"]:
+    _old = json.loads(GOLDEN_FILE.read_text(encoding="utf-8"))
+    import conftest  # the same fixture location the test session uses
+    _dir = conftest.SHARED / "fixtures" / "qwen3-tokenizer"
+    _new = {"about": _old["about"]}
+    for _name, _make in _golden_tokenizers(_dir if _dir.is_dir() else None).items():
+        _new[_name] = _golden_outputs(_make(), _old[_name])
+    _new = {k: _new.get(k, _old[k]) for k in _old}
+    _lines = ["{", f' "about": {json.dumps(_new["about"], ensure_ascii=False)},']
+    _names = [k for k in _new if k != "about"]
+    for _i, _name in enumerate(_names):  # one entry per line: reviewable diffs
+        _t = _new[_name]
+        _lines.append(f' "{_name}": {{')
+        _lines += [f'  "{k}": {json.dumps(_t[k])},'
+                   for k in ("vocab_size", "bos_id", "eos_id", "pad_id")]
+        for _key, _end in (("encode", ","), ("chat", "")):
+            _lines += [f'  "{_key}": [', ",\n".join(
+                "   " + json.dumps(e, ensure_ascii=False) for e in _t[_key]), "  ]" + _end]
+        _lines.append(" }" + ("," if _i < len(_names) - 1 else ""))
+    GOLDEN_FILE.write_text("\n".join(_lines + ["}"]) + "\n", encoding="utf-8")

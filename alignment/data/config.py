@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from alignment import tasks
+
 KINDS = ("sft", "preference")
 SOURCES = ("synthetic", "tfds", "jsonl", "parquet", "task")
 FORMATS = ("auto", "plain", "conversational")
@@ -116,7 +118,6 @@ def check_data_config(cfg: ml_collections.ConfigDict) -> None:
   if cfg.source == "tfds" and not cfg.builder:
     raise ValueError("data config: source='tfds' needs data.builder (e.g. 'alignment_hh_rlhf')")
   if cfg.source == "task":
-    from alignment import tasks
     t = cfg.task_source
     if t.name not in tasks.available():
       raise ValueError(f"data config: source='task' needs task_source.name, one of {tasks.available()}; "

@@ -29,6 +29,7 @@ from alignment.data.config import check_data_config
 from alignment.data.formatting import tokenize_record
 from alignment.data.packing import first_fit_bins, pack_row, pad_preference_row, pad_sft_row
 from alignment.data.synthetic import synthetic_rows
+from alignment.data.task_pairs import task_rows
 
 _STATE_FORMAT = "alignment.data.iterator/1"
 
@@ -60,7 +61,6 @@ def load_records(cfg, *, kind: str, split: str,
       if cfg.max_rows and report.rows_read >= cfg.max_rows:
         break
   elif cfg.source == "task":
-    from alignment.data.task_pairs import task_rows
     t = cfg.task_source
     rows = task_rows(t.name, kind=kind, split=src_split, seed=t.seed, label_temperature=t.label_temperature,
                      n=t.num_examples if src_split == "train" else t.num_eval_examples)
@@ -86,8 +86,8 @@ def load_records(cfg, *, kind: str, split: str,
           out.append((path, row, rec))
         if cfg.max_rows and report.rows_read >= cfg.max_rows:
           return out
-  else:  # tfds; imported lazily so that other sources do not pay for tensorflow_datasets
-    from alignment.data import builders
+  else:  # tfds
+    from alignment.data import builders  # optional heavy dependency: tensorflow_datasets, 2 s
     out = builders.load_tfds_records(cfg, kind=kind, split=src_split, report=report)
   return out
 

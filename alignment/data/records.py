@@ -24,6 +24,8 @@ import logging
 import os
 from typing import Any, Iterator, Mapping
 
+import pyarrow.parquet as pq
+
 ROLES = ("system", "user", "assistant", "tool")
 
 # Every reason a row can be rejected for, so reports and tests share one vocabulary.
@@ -186,8 +188,6 @@ def write_jsonl(rows, path) -> str:
 
 def read_parquet(path: str, report: BadRowReport) -> Iterator[tuple[int, dict]]:
   """(row index from 0, row dict) per row of a parquet file, read in record batches."""
-  import pyarrow.parquet as pq  # only parquet sources pay for pyarrow
-
   row = 0
   for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
     for obj in batch.to_pylist():

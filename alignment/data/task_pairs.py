@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from alignment import tasks
+from alignment.tasks import sentiment, sorting
+
 _MAX_REDRAWS = 64
 
 
@@ -26,12 +29,10 @@ def pair_for(task, prompt: str, rng: np.random.Generator, others: list[str]) -> 
   """Two responses to `prompt` with different gold scores: (a, b, gold_a, gold_b)."""
   for _ in range(_MAX_REDRAWS):
     if task.name == "sentiment":
-      from alignment.tasks import sentiment
       pa, pb = rng.choice(len(sentiment.POLARITIES), size=2, replace=False)
       a = sentiment.sample_continuation(rng, sentiment.POLARITIES[pa])
       b = sentiment.sample_continuation(rng, sentiment.POLARITIES[pb])
     elif task.name == "sorting":
-      from alignment.tasks import sorting
       a = others[0]
       try:
         b = sorting.corrupt(a, int(rng.integers(1, 3)), int(rng.integers(2**31)))
@@ -49,7 +50,6 @@ def task_rows(task_name: str, *, kind: str, split: str, n: int, seed: int,
               label_temperature: float) -> list[dict[str, str]]:
   """`n` rows of `split`: {"prompt", "completion"} for kind "sft", {"prompt", "chosen",
   "rejected"} for kind "preference"; see the module docstring."""
-  from alignment import tasks
   task = tasks.get_task(task_name)
   if kind == "sft":
     return [{"prompt": p, "completion": r} for p, r in task.demonstrations(split, n, seed)]
@@ -74,8 +74,7 @@ def task_rows(task_name: str, *, kind: str, split: str, n: int, seed: int,
                      "score (ask for fewer examples or another task)")
   g = np.asarray(gold, np.float64)
   if label_temperature > 0 and split == "train":
-    from alignment.tasks.sentiment import noisy_bradley_terry_labels
-    a_wins = noisy_bradley_terry_labels(g[:, 0], g[:, 1], temperature=label_temperature, seed=seed)
+    a_wins = sentiment.noisy_bradley_terry_labels(g[:, 0], g[:, 1], temperature=label_temperature, seed=seed)
   else:
     a_wins = g[:, 0] > g[:, 1]
   return [{"prompt": r["prompt"], "chosen": r["a"] if w else r["b"], "rejected": r["b"] if w else r["a"]}
