@@ -214,6 +214,20 @@ class OnlineRun:
     pad: int
     key0: jax.Array
 
+    def resume(self, state, state_shardings):
+        """Restores the newest intact checkpoint, if any, and starts the metrics log. Returns
+        `(state, data_state, prompt stream, last finished step)`; `data_state` is {} on a fresh run."""
+        config = self.ctx.config
+        o = config.online
+        state, data_state = self.ctx.restore(state, state_shardings)
+        data_state = data_state or {}
+        stream = PromptStream(self.task.prompts("train", o.prompt_pool, config.seed), config.seed,
+                              int(data_state.get("prompt_cursor", 0)))
+        # the step counter counts optimizer updates; the online step is updates / (epochs x minibatches)
+        start = int(state.step) // (o.ppo_epochs * o.num_minibatches)
+        self.ctx.start_metrics(start)
+        return state, data_state, stream, start
+
     def rollout(self, step_no: int, prompts: list[str], params) -> Rollout:
         """Samples `prompts` (already repeated per group) from `params`, the learner's own buffers,
         with the step's key, then scores the samples (steps 2-4 of the module docstring)."""
@@ -297,7 +311,7 @@ def make_optimizer(config, params):
 def update(run: OnlineRun, state, train_np: dict[str, np.ndarray], *, step_no: int, train_step, make_step):
     """`online.ppo_epochs` passes of `online.num_minibatches` shuffled minibatches of `train_np`,
     one jitted update each. `train_step` is the compiled step or None (built by
-    `make_step(batch_shardings)` on first use). Returns `(state, train_step, device metrics of
+    `make_step(batch_shardings=...)` on first use, e.g. a partial of `engine.make_train_step`). Returns `(state, train_step, device metrics of
     each update, train tokens, seconds)`."""
     config, mesh = run.ctx.config, run.ctx.mesh
     o = config.online
@@ -308,7 +322,7 @@ def update(run: OnlineRun, state, train_np: dict[str, np.ndarray], *, step_no: i
         for mb in rollout.minibatches(train_np, o.num_minibatches, mb_rng):
             b_sh = engine.batch_shardings_for(mb, mesh)
             if train_step is None:
-                train_step = make_step(b_sh)
+                train_step = make_step(batch_shardings=b_sh)
             state, mm = train_step(state, engine.to_global(mb, b_sh))
             step_ms.append(mm)
             train_tokens += float(sum(np.sum(v) for k, v in mb.items() if k.endswith("attention_mask")))

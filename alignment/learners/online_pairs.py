@@ -11,6 +11,7 @@ pair with weight 0; `weighted_pair_loss` gives it exactly zero gradient and the 
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import jax.numpy as jnp
@@ -181,11 +182,8 @@ def train_pairs(config, workdir: str):
         def loss_fn(p, ref, b):
             return weighted_pair_loss(logprob_fn, p, b, loss_fn=loss, loss_kwargs=kwargs)
 
-        state, data_state = ctx.restore(state, st_shardings)
-        cursor = int(data_state["prompt_cursor"]) if data_state else 0
-        off_cursor = int(data_state["offline_cursor"]) if data_state else 0
-        prompts_stream = online.PromptStream(run.task.prompts("train", o.prompt_pool, config.seed), config.seed,
-                                             cursor)
+        state, data_state, prompts_stream, start = run.resume(state, st_shardings)
+        metrics = ctx.metrics
         if n_off:
             # a disjoint seed: dataset pairs need not share prompts with the sampled ones
             ds_rows, ds_skipped = dataset_pairs(run.task, o.prompt_pool, config.seed + 7919)
@@ -193,14 +191,10 @@ def train_pairs(config, workdir: str):
                                       max_prompt_len=o.max_prompt_len, max_new_tokens=o.max_new_tokens, pad=run.pad)
             log.info("online: %d dataset pairs (%d prompts skipped: tied gold scores), %d per step, labels: %s",
                      len(ds_rows), ds_skipped, n_off, o.offline_label)
-        offline_stream = online.PromptStream(range(len(ds_rows)) if n_off else [], config.seed + 1, off_cursor)
-        start = int(state.step) // (o.ppo_epochs * o.num_minibatches)
-        metrics = ctx.start_metrics(start)
-
-        def make_step(b_sh):
-            return engine.make_train_step(loss_fn, tx, state_shardings=st_shardings, batch_shardings=b_sh,
-                                          mesh=ctx.mesh, schedule=schedule)
-
+        offline_stream = online.PromptStream(range(len(ds_rows)) if n_off else [], config.seed + 1,
+                                              int(data_state.get("offline_cursor", 0)))
+        make_step = functools.partial(engine.make_train_step, loss_fn, tx, state_shardings=st_shardings,
+                                      mesh=ctx.mesh, schedule=schedule)
         train_step = None
         for step_no in range(start + 1, config.num_train_steps + 1):
             prompts = [p for p in prompts_stream.next(n_on) for _ in range(o.group_size)]

@@ -162,18 +162,10 @@ def train_pg(config, workdir: str):
                                with_values=with_values, chunk_size=chunk, value_trunk_grad=o.value_trunk_grad,
                                use_entropy=float(kwargs.get("entropy_coef", 0.0)) != 0.0)
         value_fn = make_value_fn(ctx.graphdef, chunk) if with_values else None
-        state, data_state = ctx.restore(state, st_shardings)
-        cursor = int(data_state["prompt_cursor"]) if data_state else 0
-        prompts_stream = online.PromptStream(run.task.prompts("train", o.prompt_pool, config.seed), config.seed,
-                                             cursor)
-        # the step counter counts optimizer updates; the online step is updates / (epochs x minibatches)
-        start = int(state.step) // (o.ppo_epochs * o.num_minibatches)
-        metrics = ctx.start_metrics(start)
-
-        def make_step(b_sh):
-            return engine.make_train_step(loss_fn, tx, state_shardings=st_shardings, batch_shardings=b_sh,
-                                          mesh=ctx.mesh, schedule=schedule)
-
+        state, _, prompts_stream, start = run.resume(state, st_shardings)
+        metrics = ctx.metrics
+        make_step = functools.partial(engine.make_train_step, loss_fn, tx, state_shardings=st_shardings,
+                                      mesh=ctx.mesh, schedule=schedule)
         train_step = None
         for step_no in range(start + 1, config.num_train_steps + 1):
             prompts = [p for p in prompts_stream.next(o.num_prompts) for _ in range(o.group_size)]
