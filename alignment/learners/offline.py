@@ -2,7 +2,7 @@
 
 A learner sees the policy only as `logprob_fn(params, input_ids, attention_mask, loss_mask, *,
 segment_ids=None, positions=None) -> logps_BxT` (float32, `logps[:, t] = log p(x_t | x_<t)`
-masked by `loss_mask`, 0 at t = 0); `alignment.train` builds it from the NNX model. `weight` is
+masked by `loss_mask`, 0 at t = 0); `alignment.engine.make_logprob_fn` builds it. `weight` is
 the count the loss averages over (response tokens for SFT, pairs for preference losses): the
 step weights micro-batch gradients by it so that gradient accumulation equals one big batch.
 
@@ -49,7 +49,9 @@ def needs_reference(loss_fn: Callable) -> bool:
 def check_supported(loss_fn: Callable, kind: str, loss_kwargs: Iterable[str] = ()) -> None:
     """Fails early when a loss requires an argument that neither this learner (`kind` 'sft' or
     'preference') provides nor `loss_kwargs` sets."""
-    missing = losses.spec(loss_fn).required - PROVIDES[kind] - set(loss_kwargs)
+    spec = losses.spec(loss_fn)
+    unset_knobs = spec.required - set(spec.inputs) - set(loss_kwargs)
+    missing = (spec.required_inputs - PROVIDES[kind]) | unset_knobs
     if missing:
         raise ValueError(f"loss {loss_fn.__name__!r} requires {sorted(missing)}, which the offline {kind} "
                          "learner does not provide")
