@@ -53,8 +53,8 @@ def check_supported(loss_fn: Callable, kind: str, loss_kwargs: Iterable[str] = (
     unset_knobs = spec.required - set(spec.inputs) - set(loss_kwargs)
     missing = (spec.required_inputs - PROVIDES[kind]) | unset_knobs
     if missing:
-        raise ValueError(f"loss {loss_fn.__name__!r} requires {sorted(missing)}, which the offline {kind} "
-                         "learner does not provide")
+        raise ValueError(f"loss {loss_fn.__name__!r} requires {sorted(missing)}, which the "
+                         f"offline {kind} learner does not provide")
 
 
 def call_loss(loss_fn: Callable, available: Mapping[str, Any], loss_kwargs: Mapping[str, Any]):

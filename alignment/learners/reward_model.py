@@ -1,8 +1,9 @@
 """Reward-model learner: preference pairs -> scalar scores -> a `reward_model`-family loss.
 
 The model is seen only as `score_fn(params, input_ids, attention_mask) -> [N]` float32, the
-score head at each row's last real token, as `alignment.models.make_score_fn` builds it. Chosen and rejected run as one forward of 2B rows interleaved (c_0, r_0, c_1, ...)
-so a pair stays on the device that holds it. The batch is the engine's preference batch
+score head at each row's last real token, as `alignment.models.make_score_fn` builds it. Chosen
+and rejected run as one forward of 2B rows interleaved (c_0, r_0, c_1, ...) so a pair stays on
+the device that holds it. The batch is the engine's preference batch
 (`chosen_*` / `rejected_*` fields); an optional `margin` [B] field feeds the loss's `margins`.
 """
 
@@ -29,8 +30,9 @@ def check_supported(loss_fn: Callable, loss_kwargs: Iterable[str] = ()) -> None:
     unset_knobs = spec.required - set(spec.inputs) - set(loss_kwargs)
     missing = (spec.required_inputs - PROVIDES) | unset_knobs
     if missing:
-        raise ValueError(f"loss {loss_fn.__name__!r} requires {sorted(missing)}, which the reward-model learner "
-                         f"does not provide (it provides {sorted(PROVIDES)})")
+        raise ValueError(f"loss {loss_fn.__name__!r} requires {sorted(missing)}, which the "
+                         "reward-model learner does not provide (it provides "
+                         f"{sorted(PROVIDES)})")
 
 
 def pair_scores(score_fn: ScoreFn, params, batch: Mapping[str, jax.Array]):

@@ -54,7 +54,8 @@ def validate_config(config) -> None:
     if unknown and not spec.var_kw:
         arrays = sorted(unknown & set(spec.inputs))
         hint = f" ({arrays} are array inputs the learner computes)" if arrays else ""
-        raise ValueError(f"config.loss_kwargs {sorted(unknown)} are not arguments of loss {config.loss!r}{hint}")
+        raise ValueError(f"config.loss_kwargs {sorted(unknown)} are not arguments of loss "
+                         f"{config.loss!r}{hint}")
     d = config.distributed
     if d.num_processes > 1 and not d.coordinator_address:
         raise ValueError("distributed.num_processes > 1 needs distributed.coordinator_address (host:port)")
