@@ -215,12 +215,13 @@ def preference_loss(name: str, *, reference: bool = True,
       and refuses a non-zero value.
     - `log_probs`: the policy's log-probs must be <= 0 (losses taking their log-odds).
     `beta` must be > 0 for every loss. Errors raised by the body are prefixed with the loss.
+    The body stays reachable as `fn.math`.
     """
     smoothing = None if label_smoothing is None else _interval(label_smoothing)
 
     def deco(body: Callable) -> Callable:
         params = list(inspect.signature(body).parameters.values())
-        knobs = [p for p in params[1:]]
+        knobs = params[1:]
         knob_names = [p.name for p in knobs]
         if not params or params[0].kind != params[0].POSITIONAL_OR_KEYWORD:
             raise TypeError(f"preference loss {name!r}: the body's first argument is the Pair")
