@@ -87,8 +87,8 @@ def bench_train(argv=None) -> dict:
         lm[:, : S // 4] = 0
         batch[f"{side}_loss_mask"] = lm
     if args.reference == "precomputed":
-        batch["reference_chosen_logps"] = rng.randn(B).astype(np.float32) - 50
-        batch["reference_rejected_logps"] = rng.randn(B).astype(np.float32) - 50
+        batch["ref_chosen_logps"] = rng.randn(B).astype(np.float32) - 50
+        batch["ref_rejected_logps"] = rng.randn(B).astype(np.float32) - 50
     b_sh = T.batch_shardings_for(batch, mesh)
     step = T.make_train_step(loss_fn, tx, state_shardings=st_sh, batch_shardings=b_sh, mesh=mesh)
     gbatch = T.to_global(batch, b_sh)

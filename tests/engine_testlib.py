@@ -51,10 +51,10 @@ def random_sft(seed=0, batch=8, length=32, vocab=64):
             "loss_mask": pairs["chosen_loss_mask"]}
 
 
-def local_dpo(*, policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
-              reference_rejected_logps, beta=0.1):
+def local_dpo(*, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+              ref_rejected_logps, beta=0.1):
     """Plain DPO written here so the engine tests do not depend on the loss library's details."""
-    h = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)
+    h = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
     losses = -jax.nn.log_sigmoid(beta * h)
     return jnp.mean(losses), {"losses": losses, "reward_accuracy": (h > 0).astype(jnp.float32)}
 

@@ -84,7 +84,7 @@ def test_gold_ranked_pairs_orders_by_gold_and_skips_ties():
 
 
 @pytest.mark.parametrize("fn,args,match", [
-    (ev.kl_from_samples, ([0.0, np.nan], [0.0, 0.0]), "policy_logps_seq holds 1 non-finite"),
+    (ev.kl_from_samples, ([0.0, np.nan], [0.0, 0.0]), "policy_logps holds 1 non-finite"),
     (ev.kl_from_samples, ([0.0], [0.0, 0.0]), "shape"),
     (ev.win_rate, ([np.inf], [0.0]), "policy_rewards holds 1 non-finite"),
     (ev.win_rate, (np.zeros((2, 2)), np.zeros((3, 2))), "2 prompts"),

@@ -22,7 +22,7 @@ def _dataset_loss(name, logits_A, reference, beta, **kw):
   ref_A = jnp.log(jnp.asarray(reference, jnp.float32))
   w, l = np.array([p[0] for p in ib.PAIRS]), np.array([p[1] for p in ib.PAIRS])
   loss, _ = losses.get(name)(policy_chosen_logps=logp_A[w], policy_rejected_logps=logp_A[l],
-                             reference_chosen_logps=ref_A[w], reference_rejected_logps=ref_A[l], beta=beta, **kw)
+                             ref_chosen_logps=ref_A[w], ref_rejected_logps=ref_A[l], beta=beta, **kw)
   return loss
 
 

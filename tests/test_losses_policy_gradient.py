@@ -1,4 +1,4 @@
-"""Policy-gradient losses and KL estimators against float64 NumPy re-derivations (methods.md
+"""Policy-gradient losses and KL estimators against float64 NumPy re-derivations (docs/methods.md
 section 3), closed-form gradients, aggregation rules, padding safety and bad input."""
 
 import jax

@@ -1,7 +1,9 @@
-"""Preference losses: every one against a float64 NumPy re-derivation of methods.md, closed
-forms, finite-difference gradients, jit/vmap/permutation invariances and bad input."""
+"""Preference losses: every one against a float64 NumPy re-derivation of docs/methods.md
+section 1, closed forms, finite-difference gradients, jit/vmap/permutation invariances and bad
+input."""
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 from alignment import losses
 
 # ----------------------------------------------------------------------------------------
-# Independent NumPy references (float64), written from ../shared/design/methods.md.
+# Independent NumPy references (float64), written from docs/methods.md section 1.
 
 
 def logsig(x):
@@ -34,7 +36,7 @@ def logodds(a):
 def np_losses(name, d):
   """Per-example losses of `name` for the float64 inputs/knobs in `d`."""
   pc, pr = d["policy_chosen_logps"], d["policy_rejected_logps"]
-  rc, rr = d.get("reference_chosen_logps"), d.get("reference_rejected_logps")
+  rc, rr = d.get("ref_chosen_logps"), d.get("ref_rejected_logps")
   lc, lr = d.get("chosen_lengths"), d.get("rejected_lengths")
   b, ls = d.get("beta", 0.1), d.get("label_smoothing", 0.0)
   if name in ("simpo", "orpo", "cpo", "slic", "asft"):
@@ -136,8 +138,8 @@ def make_batch(seed=0, b=6):
   return {
       "policy_chosen_logps": -rng.uniform(0.2, 2.5, b) * lc,
       "policy_rejected_logps": -rng.uniform(0.2, 2.5, b) * lr,
-      "reference_chosen_logps": -rng.uniform(0.2, 2.5, b) * lc,
-      "reference_rejected_logps": -rng.uniform(0.2, 2.5, b) * lr,
+      "ref_chosen_logps": -rng.uniform(0.2, 2.5, b) * lc,
+      "ref_rejected_logps": -rng.uniform(0.2, 2.5, b) * lr,
       "chosen_lengths": lc, "rejected_lengths": lr, "beta": 0.1,
   }
 
@@ -237,8 +239,8 @@ def test_contract_metrics():
       assert key in m, (name, key)
     if name in ("simpo", "orpo", "cpo", "slic", "asft") or name == "kto":
       continue
-    cr = b * (batch["policy_chosen_logps"] - batch["reference_chosen_logps"])
-    rr = b * (batch["policy_rejected_logps"] - batch["reference_rejected_logps"])
+    cr = b * (batch["policy_chosen_logps"] - batch["ref_chosen_logps"])
+    rr = b * (batch["policy_rejected_logps"] - batch["ref_rejected_logps"])
     np.testing.assert_allclose(m["chosen_rewards"], cr, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(m["rejected_rewards"], rr, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(m["reward_margin"], cr - rr, rtol=1e-5, atol=1e-5)
@@ -250,7 +252,7 @@ def test_contract_metrics():
 
 def test_reference_free_losses_report_policy_rewards():
   batch = make_batch(seed=5)
-  no_ref = {k: v for k, v in batch.items() if not k.startswith("reference")}
+  no_ref = {k: v for k, v in batch.items() if not k.startswith("ref_")}
   for name in ("simpo", "orpo", "cpo", "slic", "asft"):
     _, m = losses.get(name)(**no_ref)
     np.testing.assert_allclose(m["chosen_rewards"], 0.1 * batch["policy_chosen_logps"],
@@ -267,8 +269,8 @@ def test_reference_free_losses_report_policy_rewards():
 @pytest.mark.parametrize("ls", [0.0, 0.1, 0.5])
 def test_dpo_is_log2_when_policy_equals_reference(ls):
   batch = make_batch(seed=6)
-  batch["reference_chosen_logps"] = batch["policy_chosen_logps"]
-  batch["reference_rejected_logps"] = batch["policy_rejected_logps"]
+  batch["ref_chosen_logps"] = batch["policy_chosen_logps"]
+  batch["ref_rejected_logps"] = batch["policy_rejected_logps"]
   for name in ("dpo", "sigmoid_norm", "robust", "aot", "aot_unpaired"):
     if name == "robust" and ls == 0.5:
       continue
@@ -282,16 +284,16 @@ def test_ipo_minimum_at_target_gap():
   target = 1 / (2 * beta)
   pc = jnp.array([-3.0, -7.0])
   base = dict(policy_rejected_logps=jnp.array([-5.0, -2.0]),
-              reference_chosen_logps=jnp.array([-4.0, -6.0]),
-              reference_rejected_logps=jnp.array([-4.5, -1.0]), beta=beta,
+              ref_chosen_logps=jnp.array([-4.0, -6.0]),
+              ref_rejected_logps=jnp.array([-4.5, -1.0]), beta=beta,
               length_normalize=False)
 
   def f(pc):
     return losses.get("ipo")(policy_chosen_logps=pc, **base)[0]
 
   # Put each pair exactly at the target gap: the loss and its gradient vanish there.
-  h0 = (pc - base["reference_chosen_logps"]) - (base["policy_rejected_logps"]
-                                                - base["reference_rejected_logps"])
+  h0 = (pc - base["ref_chosen_logps"]) - (base["policy_rejected_logps"]
+                                                - base["ref_rejected_logps"])
   at_target = pc + (target - h0)
   assert float(f(at_target)) < 1e-10
   np.testing.assert_allclose(jax.grad(f)(at_target), 0.0, atol=1e-5)
@@ -302,8 +304,8 @@ def test_ipo_minimum_at_target_gap():
 def test_hinge_is_zero_beyond_its_margin():
   beta = 0.5
   kw = dict(policy_rejected_logps=jnp.array([-5.0, -5.0]),
-            reference_chosen_logps=jnp.array([-5.0, -5.0]),
-            reference_rejected_logps=jnp.array([-5.0, -5.0]), beta=beta)
+            ref_chosen_logps=jnp.array([-5.0, -5.0]),
+            ref_rejected_logps=jnp.array([-5.0, -5.0]), beta=beta)
 
   def f(pc):
     return losses.get("hinge")(policy_chosen_logps=pc, **kw)[0]
@@ -345,8 +347,8 @@ def test_sail_gradient_adds_the_score_function_term():
 
   g_dpo = grad_of("dpo")
   g_sail = grad_of("sail", score_coef=c)
-  h = ((batch["policy_chosen_logps"] - batch["reference_chosen_logps"])
-       - (batch["policy_rejected_logps"] - batch["reference_rejected_logps"]))
+  h = ((batch["policy_chosen_logps"] - batch["ref_chosen_logps"])
+       - (batch["policy_rejected_logps"] - batch["ref_rejected_logps"]))
   ell = -logsig(b * h)
   n = len(h)
   np.testing.assert_allclose(g_sail[0], g_dpo[0] + c * ell / n, rtol=1e-4, atol=1e-6)
@@ -363,7 +365,7 @@ def test_discopop_stays_finite_for_extreme_margins():
   margins = np.array([-2000.0, 2000.0, 0.0, -50.0, 50.0, 1.0])
   ones = np.ones(6)
   kw = dict(policy_chosen_logps=-ones, policy_rejected_logps=-ones,
-            reference_chosen_logps=-1 - margins, reference_rejected_logps=-ones, beta=1.0)
+            ref_chosen_logps=-1 - margins, ref_rejected_logps=-ones, beta=1.0)
   _, m = losses.get("discopop")(**kw)
   assert np.all(np.isfinite(m["losses"]))
   with np.errstate(all="ignore"):    # the naive reference overflows at +-2000
@@ -376,16 +378,16 @@ def test_discopop_stays_finite_for_extreme_margins():
 
 def test_kto_reference_point_is_a_constant_and_unpaired_sizes_work():
   rng = np.random.default_rng(10)
-  kw = dict(policy_chosen_logps=-rng.uniform(1, 9, 3), reference_chosen_logps=-rng.uniform(1, 9, 3),
+  kw = dict(policy_chosen_logps=-rng.uniform(1, 9, 3), ref_chosen_logps=-rng.uniform(1, 9, 3),
             policy_rejected_logps=-rng.uniform(1, 9, 5),
-            reference_rejected_logps=-rng.uniform(1, 9, 5), beta=0.2)
+            ref_rejected_logps=-rng.uniform(1, 9, 5), beta=0.2)
   pk, rk = -rng.uniform(1, 9, 4), -rng.uniform(1, 9, 4)
-  loss, m = losses.get("kto")(**kw, policy_kl_logps=pk, reference_kl_logps=rk)
+  loss, m = losses.get("kto")(**kw, policy_kl_logps=pk, ref_kl_logps=rk)
   assert m["losses"].shape == (8,)
   z0 = max(np.mean(pk - rk), 0.0)
   np.testing.assert_allclose(m["losses"], np_losses("kto", {**kw, "kl": z0}), rtol=1e-4,
                              atol=1e-5)
-  g = jax.grad(lambda x: losses.get("kto")(**kw, policy_kl_logps=x, reference_kl_logps=rk)[0])(
+  g = jax.grad(lambda x: losses.get("kto")(**kw, policy_kl_logps=x, ref_kl_logps=rk)[0])(
       jnp.asarray(pk, jnp.float32))
   np.testing.assert_array_equal(g, 0.0)
   assert 0.0 <= float(m["reward_accuracy"]) <= 1.0
@@ -468,7 +470,7 @@ def test_aot_couples_the_batch(name):
   zeros = np.zeros(4)
   batch = dict(policy_chosen_logps=np.array([-1.0, -2.0, -3.0, -4.0]),
                policy_rejected_logps=np.array([-5.0, -5.0, -5.0, -5.0]),
-               reference_chosen_logps=zeros - 5, reference_rejected_logps=zeros - 5, beta=1.0)
+               ref_chosen_logps=zeros - 5, ref_rejected_logps=zeros - 5, beta=1.0)
   _, m0 = call(name, batch)
   moved = dict(batch, policy_chosen_logps=np.array([-9.0, -2.0, -3.0, -4.0]))
   _, m1 = call(name, moved)
@@ -499,7 +501,7 @@ finite = st.floats(-60.0, -0.05, allow_nan=False)
 def test_pair_losses_depend_only_on_the_log_ratio_gap(rows, beta, shift):
   arr = np.array(rows, dtype=np.float64)
   kw = dict(policy_chosen_logps=arr[:, 0], policy_rejected_logps=arr[:, 1],
-            reference_chosen_logps=arr[:, 2], reference_rejected_logps=arr[:, 3], beta=beta)
+            ref_chosen_logps=arr[:, 2], ref_rejected_logps=arr[:, 3], beta=beta)
   shifted = dict(kw, policy_chosen_logps=arr[:, 0] + shift,
                  policy_rejected_logps=arr[:, 1] + shift)
   for name in ("dpo", "robust", "hinge", "discopop"):
@@ -516,8 +518,8 @@ def test_dpo_is_decreasing_in_the_margin_and_symmetric_under_label_flip(h, ls, b
   def per_example(hh, lsmooth):
     return float(losses.get("dpo")(policy_chosen_logps=np.array([hh]),
                                    policy_rejected_logps=np.array([0.0]),
-                                   reference_chosen_logps=np.array([0.0]),
-                                   reference_rejected_logps=np.array([0.0]),
+                                   ref_chosen_logps=np.array([0.0]),
+                                   ref_rejected_logps=np.array([0.0]),
                                    beta=beta, label_smoothing=lsmooth)[0])
   if ls == 0.0:
     assert per_example(h + 1.0, 0.0) <= per_example(h, 0.0) + 1e-6
@@ -533,8 +535,8 @@ def test_dpo_is_decreasing_in_the_margin_and_symmetric_under_label_flip(h, ls, b
 
 def test_mismatched_shapes_raise():
   batch = make_batch(seed=16)
-  bad = dict(batch, reference_rejected_logps=batch["reference_rejected_logps"][:3])
-  with pytest.raises(ValueError, match="dpo.*shape mismatch.*reference_rejected_logps"):
+  bad = dict(batch, ref_rejected_logps=batch["ref_rejected_logps"][:3])
+  with pytest.raises(ValueError, match="dpo.*shape mismatch.*ref_rejected_logps"):
     losses.get("dpo")(**bad)
   with pytest.raises(ValueError, match="rank 1"):
     losses.get("dpo")(**dict(batch, policy_chosen_logps=batch["policy_chosen_logps"][:, None]))
@@ -598,3 +600,60 @@ def test_other_bad_knobs_raise():
     losses.get("orpo")(**pos)
   with pytest.raises(ValueError, match="eta\\*tau"):
     losses.get("inpo")(**batch, eta=20.0, tau=0.1)
+
+
+# --- the decorator, the input names -------------------------------------------------------
+
+
+@losses.preference_loss("_test_dpo_positive", overwrite=True)
+def _dpo_positive(p: losses.Pair, *, beta: float = 0.1, lam: float = 5.0):
+  penalty = jax.nn.relu(-p.cl)
+  return -jax.nn.log_sigmoid(beta * (p.h - lam * penalty)), {"penalty": jnp.mean(penalty)}
+
+
+def test_preference_loss_decorator_gives_the_common_interface_and_checks():
+  fn = losses.get("_test_dpo_positive")
+  assert losses.family("_test_dpo_positive") == "preference"
+  assert list(inspect.signature(fn).parameters) == [
+      "policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps",
+      "chosen_lengths", "rejected_lengths", "beta", "label_smoothing", "lam"]
+  assert losses.defaults("_test_dpo_positive") == {"beta": 0.1, "label_smoothing": 0.0,
+                                                   "lam": 5.0}
+  batch = make_batch(seed=30)
+  loss, m = fn(**batch, lam=2.0)
+  cl = batch["policy_chosen_logps"] - batch["ref_chosen_logps"]
+  h = cl - (batch["policy_rejected_logps"] - batch["ref_rejected_logps"])
+  want = -logsig(0.1 * (h - 2.0 * np.maximum(-cl, 0.0)))
+  np.testing.assert_allclose(m["losses"], want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(float(loss), want.mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(m["penalty"]), np.maximum(-cl, 0.0).mean(), rtol=1e-5)
+  assert {"chosen_rewards", "reward_accuracy", "ranking_accuracy_normalized"} <= set(m)
+  with pytest.raises(ValueError, match="_test_dpo_positive.*shape mismatch.*ref_chosen_logps"):
+    fn(**dict(batch, ref_chosen_logps=batch["ref_chosen_logps"][:2]))
+  with pytest.raises(ValueError, match="'_test_dpo_positive' has no label-smoothing term"):
+    fn(**batch, label_smoothing=0.1)
+  with pytest.raises(TypeError, match="_test_dpo_positive.*ref_rejected_logps"):
+    fn(**{k: v for k, v in batch.items() if k != "ref_rejected_logps"})
+  old = {("reference" + k[3:] if k.startswith("ref_") else k): v for k, v in batch.items()}
+  with pytest.raises(TypeError, match="`reference_chosen_logps` is now `ref_chosen_logps`"):
+    fn(**old)
+
+
+def test_every_registered_loss_declares_its_inputs_from_the_one_list():
+  for name, fam in losses.available().items():
+    if name.startswith("_test"):
+      continue
+    spec = losses.spec(name)
+    assert spec.family == fam
+    if name != "iq_mle":   # declares logits/targets, which no learner computes
+      assert set(spec.inputs) <= set(losses.INPUTS[fam]), name
+    assert not set(spec.inputs) & set(losses.defaults(name)), name
+  assert losses.inputs("dpo") == losses.INPUTS["preference"]
+  assert losses.inputs("iq_mle") == ("logits", "targets", "mask")
+  assert losses.needs_reference("dpo") and losses.needs_reference("fdiv_sft")
+  assert not losses.needs_reference("simpo") and not losses.needs_reference("sft")
+  # a function that is not registered is read from its argument names
+  def mine(*, policy_chosen_logps, ref_chosen_logps, beta=0.1):
+    return 0.0, {}
+  assert losses.inputs(mine) == ("policy_chosen_logps", "ref_chosen_logps")
+  assert losses.spec(mine).knobs == ("beta",) and losses.needs_reference(mine)

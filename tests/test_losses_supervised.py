@@ -155,9 +155,9 @@ def token_batch(seed):
   mc = (np.arange(6)[None] < np.array([[2], [6], [4]])).astype(np.float64)
   mr = (np.arange(4)[None] < np.array([[4], [1], [3]])).astype(np.float64)
   return dict(policy_chosen_logps=-rng.uniform(0.1, 3, (3, 6)),
-              reference_chosen_logps=-rng.uniform(0.1, 3, (3, 6)), chosen_mask=mc,
+              ref_chosen_logps=-rng.uniform(0.1, 3, (3, 6)), chosen_mask=mc,
               policy_rejected_logps=-rng.uniform(0.1, 3, (3, 4)),
-              reference_rejected_logps=-rng.uniform(0.1, 3, (3, 4)), rejected_mask=mr)
+              ref_rejected_logps=-rng.uniform(0.1, 3, (3, 4)), rejected_mask=mr)
 
 
 @pytest.mark.parametrize("opts", [{}, {"ld_alpha": 0.3}, {"weights": True},
@@ -175,8 +175,8 @@ def test_token_dpo_matches_reference(opts):
     kw["example_weights"] = ref_kw["e"] = rng.uniform(0, 1, 3)
     kw["label_smoothing"] = ref_kw["ls"] = opts["label_smoothing"]
   loss, m = losses.get("token_dpo")(**d, beta=0.2, **kw)
-  want = np_token_dpo(d["policy_chosen_logps"], d["reference_chosen_logps"], d["chosen_mask"],
-                      d["policy_rejected_logps"], d["reference_rejected_logps"],
+  want = np_token_dpo(d["policy_chosen_logps"], d["ref_chosen_logps"], d["chosen_mask"],
+                      d["policy_rejected_logps"], d["ref_rejected_logps"],
                       d["rejected_mask"], 0.2, **ref_kw)
   np.testing.assert_allclose(m["losses"], want, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(float(loss), want.mean(), rtol=1e-5)
@@ -189,9 +189,9 @@ def test_token_dpo_with_unit_weights_equals_sequence_dpo():
   summed = lambda k, m: np.where(d[m] != 0, d[k], 0).sum(1)
   dpo, _ = losses.get("dpo")(
       policy_chosen_logps=summed("policy_chosen_logps", "chosen_mask"),
-      reference_chosen_logps=summed("reference_chosen_logps", "chosen_mask"),
+      ref_chosen_logps=summed("ref_chosen_logps", "chosen_mask"),
       policy_rejected_logps=summed("policy_rejected_logps", "rejected_mask"),
-      reference_rejected_logps=summed("reference_rejected_logps", "rejected_mask"), beta=0.1)
+      ref_rejected_logps=summed("ref_rejected_logps", "rejected_mask"), beta=0.1)
   np.testing.assert_allclose(float(tok), float(dpo), rtol=1e-5)
   # ld_alpha = 1 changes nothing; jit agrees with eager.
   ld1, _ = losses.get("token_dpo")(**d, beta=0.1, ld_alpha=1.0)
@@ -237,13 +237,13 @@ def test_ranking_accuracies():
   rc, rr = np.array([-5.0, -5.0, -5.0]), np.array([-4.0, -5.5, -9.0])
   a, beta = 0.8, 0.5
   want = np.mean((rc - rr) + np.log(a / (1 - a)) / beta > 0)
-  got = losses.idealized_ranking_accuracy(reference_chosen_logps=rc,
-                                          reference_rejected_logps=rr, beta=beta,
+  got = losses.idealized_ranking_accuracy(ref_chosen_logps=rc,
+                                          ref_rejected_logps=rr, beta=beta,
                                           rater_agreement=a)
   np.testing.assert_allclose(float(got), want)
   # Unanimous raters: the idealised model ranks every pair right.
-  assert float(losses.idealized_ranking_accuracy(reference_chosen_logps=rc,
-                                                 reference_rejected_logps=rr, beta=beta)) == 1.0
+  assert float(losses.idealized_ranking_accuracy(ref_chosen_logps=rc,
+                                                 ref_rejected_logps=rr, beta=beta)) == 1.0
   with pytest.raises(ValueError, match="rater_agreement"):
-    losses.idealized_ranking_accuracy(reference_chosen_logps=rc, reference_rejected_logps=rr,
+    losses.idealized_ranking_accuracy(ref_chosen_logps=rc, ref_rejected_logps=rr,
                                       beta=beta, rater_agreement=1.0)

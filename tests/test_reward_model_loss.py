@@ -75,3 +75,15 @@ def test_learner_interleaves_pairs_and_reports_scores():
                                        loss_fn=losses.get("bradley_terry"), loss_kwargs={})
     with pytest.raises(ValueError, match="requires \\['policy_chosen_logps'"):
         reward_model.check_supported(losses.get("dpo"))
+
+
+def test_check_supported_reads_the_loss_inputs_from_the_losses_package():
+    def scaled(*, chosen_scores, rejected_scores, scale):  # a knob without a default
+        return jnp.mean(scale * (rejected_scores - chosen_scores)), {}
+
+    assert losses.inputs(scaled) == ("chosen_scores", "rejected_scores")
+    reward_model.check_supported(scaled, loss_kwargs=["scale"])
+    with pytest.raises(ValueError, match="requires \\['scale'\\]"):
+        reward_model.check_supported(scaled)
+    with pytest.raises(ValueError, match="requires \\['ref_chosen_logps'"):
+        reward_model.check_supported(lambda *, ref_chosen_logps, chosen_scores: (0.0, {}))

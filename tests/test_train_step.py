@@ -65,8 +65,8 @@ def test_precomputed_reference_equals_in_step_and_reference_free_losses_skip_it(
         in_step = offline.preference_loss(logprob_fn, p, b, loss_fn=dpo, loss_kwargs={"beta": 0.1},
                                           reference_mode="in_step", ref_params=r)
         rc, rr = offline.reference_logps(logprob_fn, r, b)
-        pre = offline.preference_loss(logprob_fn, p, {**b, "reference_chosen_logps": rc,
-                                                      "reference_rejected_logps": rr},
+        pre = offline.preference_loss(logprob_fn, p, {**b, "ref_chosen_logps": rc,
+                                                      "ref_rejected_logps": rr},
                                       loss_fn=dpo, loss_kwargs={"beta": 0.1}, reference_mode="precomputed")
         return in_step, pre, rc, rr
 
@@ -83,7 +83,7 @@ def test_precomputed_reference_equals_in_step_and_reference_free_losses_skip_it(
     np.testing.assert_allclose(float(l1), np.mean(np.logaddexp(0.0, -0.1 * h)), rtol=1e-5)
     assert np.isfinite(pc) and np.isfinite(pr)
     assert not offline.needs_reference(losses.get("simpo")) and offline.needs_reference(dpo)
-    with pytest.raises(KeyError, match="reference_chosen_logps"):
+    with pytest.raises(KeyError, match="ref_chosen_logps"):
         offline.preference_loss(logprob_fn, params, batch, loss_fn=dpo, loss_kwargs={},
                                 reference_mode="precomputed")
 

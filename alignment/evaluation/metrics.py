@@ -32,17 +32,17 @@ def mean_stderr(values) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size))
 
 
-def kl_from_samples(policy_logps_seq, reference_logps_seq) -> float:
+def kl_from_samples(policy_logps, ref_logps) -> float:
     """Monte-Carlo sequence KL(pi || ref) = E_{y ~ pi(.|x)} [log pi(y|x) - log ref(y|x)].
 
     Both arguments are [N] sums of per-token log-probs of the same N samples y drawn from the
     policy at temperature 1 (the k1 estimator of Schulman, "Approximating KL divergence", 2020:
     unbiased, can be negative on a finite sample). Identical log-probs give exactly 0.
     """
-    pi = _finite("policy_logps_seq", policy_logps_seq)
-    ref = _finite("reference_logps_seq", reference_logps_seq)
+    pi = _finite("policy_logps", policy_logps)
+    ref = _finite("ref_logps", ref_logps)
     if pi.shape != ref.shape:
-        raise ValueError(f"policy_logps_seq shape {pi.shape} != reference_logps_seq shape {ref.shape}")
+        raise ValueError(f"policy_logps shape {pi.shape} != ref_logps shape {ref.shape}")
     return float(np.mean(pi - ref))
 
 

@@ -2,7 +2,7 @@
 
 A learner sees the policy only as `logprob_fn(params, input_ids, attention_mask, loss_mask, *,
 segment_ids=None, positions=None) -> logps_BxT` (float32, `logps[:, t] = log p(x_t | x_<t)`
-masked by `loss_mask`, 0 at t = 0); `alignment.train` builds it from the NNX model. `weight` is
+masked by `loss_mask`, 0 at t = 0); `alignment.engine.make_logprob_fn` builds it. `weight` is
 the count the loss averages over (response tokens for SFT, pairs for preference losses): the
 step weights micro-batch gradients by it so that gradient accumulation equals one big batch.
 
@@ -10,17 +10,19 @@ Preference pairs run as one forward of 2B rows, chosen and rejected interleaved
 (`[c_0, r_0, c_1, r_1, ...]`) so that a pair stays on the device that holds it under batch
 sharding. The reference log-probs come either from frozen parameters inside the same step
 (`reference.mode = "in_step"`, +1 forward of cost) or from the batch
-(`reference.mode = "precomputed"`, fields `reference_chosen_logps` / `reference_rejected_logps`,
-filled once per example by `reference_logps` and cached by the host loop).
+(`reference.mode = "precomputed"`, fields `ref_chosen_logps` / `ref_rejected_logps`, filled
+once per example by `reference_logps` and cached by the host loop). The names of the loss inputs
+are `alignment.losses.INPUTS`; a loss gets the ones it declares (`alignment.losses.spec`).
 """
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
+
+from alignment import losses
 
 LogprobFn = Callable[..., jax.Array]
 REFERENCE_MODES = ("in_step", "precomputed")
@@ -28,51 +30,47 @@ REFERENCE_MODES = ("in_step", "precomputed")
 PREF_FIELDS = ("chosen_input_ids", "chosen_attention_mask", "chosen_loss_mask",
                "rejected_input_ids", "rejected_attention_mask", "rejected_loss_mask")
 SFT_FIELDS = ("input_ids", "attention_mask", "loss_mask")
-REFERENCE_FIELDS = ("reference_chosen_logps", "reference_rejected_logps")
+# batch fields of precomputed reference log-probs: the loss inputs of the same names
+REFERENCE_FIELDS = ("ref_chosen_logps", "ref_rejected_logps")
 
-
-def loss_parameters(loss_fn: Callable) -> tuple[set[str], set[str], bool]:
-    """(all keyword names, required ones, accepts **kwargs) of a loss function."""
-    params = inspect.signature(loss_fn).parameters.values()
-    names = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-    required = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-                and p.default is inspect.Parameter.empty}
-    var_kw = any(p.kind == p.VAR_KEYWORD for p in params)
-    return names, required, var_kw
+# the loss inputs each offline learner computes (names owned by `alignment.losses.INPUTS`); the
+# preference learner serves both the sequence-level and the token-level family
+PROVIDES = {
+    "sft": frozenset(losses.INPUTS["supervised"]),
+    "preference": frozenset(losses.INPUTS["preference"] + losses.INPUTS["token_preference"]),
+}
 
 
 def needs_reference(loss_fn: Callable) -> bool:
     """Whether a loss requires reference log-probs (reference-free ones skip that forward)."""
-    _, required, var_kw = loss_parameters(loss_fn)
-    return var_kw or bool({"reference_chosen_logps", "ref_logps"} & required)
+    return losses.needs_reference(loss_fn)
 
 
-SFT_INPUTS = {"logps", "mask", "segment_ids", "ref_logps"}
-PREF_INPUTS = {"policy_chosen_logps", "policy_rejected_logps", "reference_chosen_logps",
-               "reference_rejected_logps", "chosen_lengths", "rejected_lengths", "chosen_mask", "rejected_mask"}
-
-
-def check_supported(loss_fn: Callable, kind: str) -> None:
-    """Fails early when a loss requires an input this learner cannot provide."""
-    _, required, _ = loss_parameters(loss_fn)
-    missing = required - (SFT_INPUTS if kind == "sft" else PREF_INPUTS)
+def check_supported(loss_fn: Callable, kind: str, loss_kwargs: Iterable[str] = ()) -> None:
+    """Fails early when a loss requires an argument that neither this learner (`kind` 'sft' or
+    'preference') provides nor `loss_kwargs` sets."""
+    spec = losses.spec(loss_fn)
+    unset_knobs = spec.required - set(spec.inputs) - set(loss_kwargs)
+    missing = (spec.required_inputs - PROVIDES[kind]) | unset_knobs
     if missing:
-        raise ValueError(f"loss {loss_fn.__name__!r} requires {sorted(missing)}, which the offline {kind} "
-                         "learner does not provide")
+        raise ValueError(f"loss {loss_fn.__name__!r} requires {sorted(missing)}, which the "
+                         f"offline {kind} learner does not provide")
 
 
 def call_loss(loss_fn: Callable, available: Mapping[str, Any], loss_kwargs: Mapping[str, Any]):
-    """Calls `loss_fn` with the inputs it declares, plus every configured knob."""
-    names, required, var_kw = loss_parameters(loss_fn)
+    """Calls `loss_fn` with the inputs it declares (`alignment.losses.spec`) out of `available`,
+    plus every configured knob."""
+    spec = losses.spec(loss_fn)
     overlap = set(available) & set(loss_kwargs)
     if overlap:
         raise ValueError(f"loss_kwargs {sorted(overlap)} collide with array inputs the learner provides")
+    names = set(spec.inputs) | set(spec.knobs)
     unknown = set(loss_kwargs) - names
-    if unknown and not var_kw:
+    if unknown and not spec.var_kw:
         raise ValueError(f"loss_kwargs {sorted(unknown)} are not arguments of {loss_fn.__name__}; "
                          f"it takes {sorted(names)}")
-    inputs = {k: v for k, v in available.items() if var_kw or k in names}
-    missing = required - set(inputs) - set(loss_kwargs)
+    inputs = {k: v for k, v in available.items() if spec.var_kw or k in spec.inputs}
+    missing = spec.required - set(inputs) - set(loss_kwargs)
     if missing:
         raise ValueError(f"{loss_fn.__name__} needs {sorted(missing)}, which the offline learner does not "
                          f"provide (it provides {sorted(available)}) and loss_kwargs does not set")
@@ -140,7 +138,7 @@ def pair_logps(logprob_fn: LogprobFn, params, batch: Mapping[str, jax.Array]):
 
 
 def reference_logps(logprob_fn: LogprobFn, ref_params, batch: Mapping[str, jax.Array]):
-    """`(reference_chosen_logps, reference_rejected_logps)` for the precomputed mode."""
+    """`(ref_chosen_logps, ref_rejected_logps)` [B] each, for the precomputed mode."""
     _require(batch, PREF_FIELDS, "preference")
     chosen, rejected, _, _ = pair_logps(logprob_fn, ref_params, batch)
     return chosen, rejected
@@ -178,17 +176,17 @@ def preference_loss(logprob_fn: LogprobFn, params, batch: Mapping[str, jax.Array
                              "use reference.mode='in_step'")
         else:
             _require(batch, REFERENCE_FIELDS, "preference (reference.mode='precomputed')")
-            rc = batch["reference_chosen_logps"].astype(jnp.float32)
-            rr = batch["reference_rejected_logps"].astype(jnp.float32)
-        available["reference_chosen_logps"] = rc
-        available["reference_rejected_logps"] = rr
+            rc = batch["ref_chosen_logps"].astype(jnp.float32)
+            rr = batch["ref_rejected_logps"].astype(jnp.float32)
+        available["ref_chosen_logps"] = rc
+        available["ref_rejected_logps"] = rr
     loss, metrics = call_loss(loss_fn, available, loss_kwargs)
     out = _scalar_metrics(metrics)
     out.setdefault("logps_chosen", jnp.mean(pc))
     out.setdefault("logps_rejected", jnp.mean(pr))
-    if "reference_chosen_logps" in available and not token_level:
+    if "ref_chosen_logps" in available and not token_level:
         # mean sequence log pi/ref over the batch's responses: KL(pi || ref) when they are drawn
         # from pi, a cheap drift gauge for offline pairs (exact sampled KL: evaluate_policy)
-        out.setdefault("kl", 0.5 * (jnp.mean(pc - available["reference_chosen_logps"])
-                                    + jnp.mean(pr - available["reference_rejected_logps"])))
+        out.setdefault("kl", 0.5 * (jnp.mean(pc - available["ref_chosen_logps"])
+                                    + jnp.mean(pr - available["ref_rejected_logps"])))
     return loss, jnp.asarray(pc.shape[0], jnp.float32), out

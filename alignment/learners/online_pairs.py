@@ -54,7 +54,7 @@ def preference_batch(batch_np, ref_logps, chosen, rejected, weight) -> dict[str,
         out[f"{side}_input_ids"] = batch_np["input_ids"][rows]
         out[f"{side}_attention_mask"] = batch_np["attention_mask"][rows]
         out[f"{side}_loss_mask"] = batch_np["loss_mask"][rows]
-        out[f"reference_{side}_logps"] = ref_logps[rows]
+        out[f"ref_{side}_logps"] = ref_logps[rows]
     return out
 
 
@@ -67,10 +67,10 @@ def weighted_pair_loss(logprob_fn, params, batch, *, loss_fn, loss_kwargs):
     pc, pr, _, _ = offline.pair_logps(logprob_fn, params, batch)
     cm = batch["chosen_loss_mask"].astype(jnp.float32)
     rm = batch["rejected_loss_mask"].astype(jnp.float32)
-    rc = batch["reference_chosen_logps"].astype(jnp.float32)
-    rr = batch["reference_rejected_logps"].astype(jnp.float32)
-    available = dict(policy_chosen_logps=pc, policy_rejected_logps=pr, reference_chosen_logps=rc,
-                     reference_rejected_logps=rr, chosen_lengths=jnp.sum(cm, -1), rejected_lengths=jnp.sum(rm, -1),
+    rc = batch["ref_chosen_logps"].astype(jnp.float32)
+    rr = batch["ref_rejected_logps"].astype(jnp.float32)
+    available = dict(policy_chosen_logps=pc, policy_rejected_logps=pr, ref_chosen_logps=rc,
+                     ref_rejected_logps=rr, chosen_lengths=jnp.sum(cm, -1), rejected_lengths=jnp.sum(rm, -1),
                      chosen_mask=cm, rejected_mask=rm)
     _, metrics = offline.call_loss(loss_fn, available, loss_kwargs)
     if "losses" not in metrics:
@@ -158,7 +158,7 @@ def dataset_step(ds, rows, o, *, forward, params, ref_params, mesh) -> dict:
     for side, idx in (("chosen", c_idx), ("rejected", r_idx)):
         for k in ("input_ids", "attention_mask", "loss_mask"):
             out[f"{side}_{k}"] = both[k][idx]
-        out[f"reference_{side}_logps"] = ref_seq[idx]
+        out[f"ref_{side}_logps"] = ref_seq[idx]
     out["metrics"] = {"offline_pairs": float(weight.sum()), "offline_pair_ties": float(n - weight.sum()),
                       "offline_flipped_fraction": float(swap.mean())}
     return out

@@ -1,33 +1,38 @@
 """Reward-model learner: preference pairs -> scalar scores -> a `reward_model`-family loss.
 
 The model is seen only as `score_fn(params, input_ids, attention_mask) -> [N]` float32, the
-score head at each row's last real token (`alignment.models.make_score_fn`); `alignment.train`
-builds it. Chosen and rejected run as one forward of 2B rows interleaved (c_0, r_0, c_1, ...)
-so a pair stays on the device that holds it. The batch is the engine's preference batch
+score head at each row's last real token, as `alignment.models.make_score_fn` builds it. Chosen
+and rejected run as one forward of 2B rows interleaved (c_0, r_0, c_1, ...) so a pair stays on
+the device that holds it. The batch is the engine's preference batch
 (`chosen_*` / `rejected_*` fields); an optional `margin` [B] field feeds the loss's `margins`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
 
-from alignment.learners.offline import call_loss, _interleave, _require, _scalar_metrics, loss_parameters
+from alignment import losses
+from alignment.learners.offline import call_loss, _interleave, _require, _scalar_metrics
 
 ScoreFn = Callable[..., jax.Array]
 RM_FIELDS = ("chosen_input_ids", "chosen_attention_mask", "rejected_input_ids", "rejected_attention_mask")
-RM_INPUTS = {"chosen_scores", "rejected_scores", "margins"}
+# the loss inputs this learner computes (names owned by `alignment.losses.INPUTS`)
+PROVIDES = frozenset(losses.INPUTS["reward_model"])
 
 
-def check_supported(loss_fn: Callable) -> None:
-    """Fails early when a loss requires an input this learner cannot provide."""
-    _, required, _ = loss_parameters(loss_fn)
-    missing = required - RM_INPUTS
+def check_supported(loss_fn: Callable, loss_kwargs: Iterable[str] = ()) -> None:
+    """Fails early when a loss requires an argument that neither this learner provides nor
+    `loss_kwargs` sets."""
+    spec = losses.spec(loss_fn)
+    unset_knobs = spec.required - set(spec.inputs) - set(loss_kwargs)
+    missing = (spec.required_inputs - PROVIDES) | unset_knobs
     if missing:
-        raise ValueError(f"loss {loss_fn.__name__!r} requires {sorted(missing)}, which the reward-model learner "
-                         f"does not provide (it provides {sorted(RM_INPUTS)})")
+        raise ValueError(f"loss {loss_fn.__name__!r} requires {sorted(missing)}, which the "
+                         "reward-model learner does not provide (it provides "
+                         f"{sorted(PROVIDES)})")
 
 
 def pair_scores(score_fn: ScoreFn, params, batch: Mapping[str, jax.Array]):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from alignment import losses, optim, tasks
 from alignment.learners import reward_model
-from alignment.learners.offline import REFERENCE_MODES, check_supported, loss_parameters, needs_reference
+from alignment.learners.offline import REFERENCE_MODES, check_supported
 
 KINDS = ("sft", "preference", "reward_model")
 # the data kind each learner reads (a reward model trains on preference pairs)
@@ -42,17 +42,21 @@ def validate_config(config) -> None:
     if family not in want:
         raise ValueError(f"config.loss={config.loss!r} is a {family} loss; kind={config.kind!r} needs {want}")
     loss_fn = losses.get(config.loss)
+    spec = losses.spec(loss_fn)
+    knobs = set(config.loss_kwargs.keys())
     if config.kind == "reward_model":
-        reward_model.check_supported(loss_fn)
+        reward_model.check_supported(loss_fn, knobs)
     else:
-        check_supported(loss_fn, config.kind)
-    if needs_reference(loss_fn) and config.reference.mode == "precomputed" and (
+        check_supported(loss_fn, config.kind, knobs)
+    if spec.needs_reference and config.reference.mode == "precomputed" and (
             config.kind == "sft" or family == "token_preference"):
         raise ValueError(f"loss {config.loss!r} needs per-token reference log-probs: set reference.mode='in_step'")
-    names, _, var_kw = loss_parameters(loss_fn)
-    unknown = set(config.loss_kwargs.keys()) - names
-    if unknown and not var_kw:
-        raise ValueError(f"config.loss_kwargs {sorted(unknown)} are not arguments of loss {config.loss!r}")
+    unknown = knobs - set(spec.knobs)
+    if unknown and not spec.var_kw:
+        arrays = sorted(unknown & set(spec.inputs))
+        hint = f" ({arrays} are array inputs the learner computes)" if arrays else ""
+        raise ValueError(f"config.loss_kwargs {sorted(unknown)} are not arguments of loss "
+                         f"{config.loss!r}{hint}")
     d = config.distributed
     if d.num_processes > 1 and not d.coordinator_address:
         raise ValueError("distributed.num_processes > 1 needs distributed.coordinator_address (host:port)")

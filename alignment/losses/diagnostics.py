@@ -41,8 +41,8 @@ def ranking_accuracy(*, policy_chosen_logps: Array, policy_rejected_logps: Array
   return out
 
 
-def idealized_ranking_accuracy(*, reference_chosen_logps: Array,
-                               reference_rejected_logps: Array, beta: float,
+def idealized_ranking_accuracy(*, ref_chosen_logps: Array,
+                               ref_rejected_logps: Array, beta: float,
                                rater_agreement: Array = 1.0 - 1e-6) -> jax.Array:
   """Ranking accuracy of the idealised DPO/RLHF optimum (Chen et al., 2024):
 
@@ -50,12 +50,12 @@ def idealized_ranking_accuracy(*, reference_chosen_logps: Array,
   the chosen response (scalar or [B]; use 1 - eps for unanimous, a must be in (0, 1)).
   """
   _checks.check_scalar("beta", beta, low=0.0, low_open=True)
-  rc = _checks.f32("reference_chosen_logps", reference_chosen_logps)
-  rr = _checks.f32("reference_rejected_logps", reference_rejected_logps)
-  _checks.check_rank("reference_chosen_logps", rc, 1)
-  _checks.check_same_shape(reference_chosen_logps=rc, reference_rejected_logps=rr)
-  _checks.check_finite("reference_chosen_logps", reference_chosen_logps)
-  _checks.check_finite("reference_rejected_logps", reference_rejected_logps)
+  rc = _checks.f32("ref_chosen_logps", ref_chosen_logps)
+  rr = _checks.f32("ref_rejected_logps", ref_rejected_logps)
+  _checks.check_rank("ref_chosen_logps", rc, 1)
+  _checks.check_same_shape(ref_chosen_logps=rc, ref_rejected_logps=rr)
+  _checks.check_finite("ref_chosen_logps", ref_chosen_logps)
+  _checks.check_finite("ref_rejected_logps", ref_rejected_logps)
   a = _checks.f32("rater_agreement", rater_agreement)
   if not _checks.is_traced(rater_agreement):
     if bool(jnp.any((a <= 0) | (a >= 1))):

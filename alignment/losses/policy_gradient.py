@@ -7,7 +7,7 @@ of response tokens, `advantages` ([B] broadcast over tokens, or [B, T]), optiona
 `ref_logps` with `beta` and `kl_estimator`. Padding positions may hold anything finite or
 not: they are selected away with `where` before any exp, so they never produce NaN.
 
-Aggregations of a per-token loss `l` (methods.md section 3):
+Aggregations of a per-token loss `l` (docs/methods.md section 3):
   grpo     mean_b( sum_t l*m / sum_t m )      (Shao et al., 2024)
   bnpo     sum l*m / sum m                     (token mean over the batch)
   dr_grpo  sum l*m / (B * max_len)             (Liu et al., 2025, "Dr. GRPO")

@@ -137,7 +137,7 @@ def fdiv_sft(*, logps: Array, ref_logps: Array, mask: Array, divergence: str = "
   }
 
 
-@register("iq_mle", "supervised")
+@register("iq_mle", "supervised", inputs=("logits", "targets", "mask"))
 def iq_mle(*, logits: Array, targets: Array, mask: Array, lam: float = 0.0,
            gamma: float = 1.0):
   """IQ-Learn as a language-model objective (Garg et al., 2021; "IRL via IQLearn" for LMs):

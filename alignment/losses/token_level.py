@@ -20,11 +20,11 @@ Array = Any
 
 def _tokens(name_prefix: str, policy, reference, mask, weights):
   pol = _checks.f32(f"policy_{name_prefix}_logps", policy)
-  ref = _checks.f32(f"reference_{name_prefix}_logps", reference)
+  ref = _checks.f32(f"ref_{name_prefix}_logps", reference)
   m = _checks.mask_f32(f"{name_prefix}_mask", mask)
   _checks.check_rank(f"policy_{name_prefix}_logps", pol, 2)
   _checks.check_same_shape(**{f"policy_{name_prefix}_logps": pol,
-                              f"reference_{name_prefix}_logps": ref,
+                              f"ref_{name_prefix}_logps": ref,
                               f"{name_prefix}_mask": m})
   w = None
   if weights is not None:
@@ -32,7 +32,7 @@ def _tokens(name_prefix: str, policy, reference, mask, weights):
     _checks.check_same_shape(**{f"{name_prefix}_mask": m, f"{name_prefix}_token_weights": w})
     _checks.check_finite(f"{name_prefix}_token_weights", weights)
   _checks.check_finite(f"policy_{name_prefix}_logps", policy, where=mask)
-  _checks.check_finite(f"reference_{name_prefix}_logps", reference, where=mask)
+  _checks.check_finite(f"ref_{name_prefix}_logps", reference, where=mask)
   return pol, ref, m, w
 
 
@@ -44,7 +44,7 @@ def _ld_weights(mask: jax.Array, public: jax.Array, alpha: Any) -> jax.Array:
 
 @register("token_dpo", "token_preference")
 def token_dpo(*, policy_chosen_logps: Array, policy_rejected_logps: Array,
-              reference_chosen_logps: Array, reference_rejected_logps: Array,
+              ref_chosen_logps: Array, ref_rejected_logps: Array,
               chosen_mask: Array, rejected_mask: Array,
               chosen_token_weights: Array | None = None,
               rejected_token_weights: Array | None = None,
@@ -66,9 +66,9 @@ def token_dpo(*, policy_chosen_logps: Array, policy_rejected_logps: Array,
   _pairs.check_beta("token_dpo", beta)
   _pairs.check_label_smoothing("token_dpo", label_smoothing)
   try:
-    pc_t, rc_t, mc, wc = _tokens("chosen", policy_chosen_logps, reference_chosen_logps,
+    pc_t, rc_t, mc, wc = _tokens("chosen", policy_chosen_logps, ref_chosen_logps,
                                  chosen_mask, chosen_token_weights)
-    pr_t, rr_t, mr, wr = _tokens("rejected", policy_rejected_logps, reference_rejected_logps,
+    pr_t, rr_t, mr, wr = _tokens("rejected", policy_rejected_logps, ref_rejected_logps,
                                  rejected_mask, rejected_token_weights)
   except (ValueError, TypeError) as e:
     raise type(e)(f"loss 'token_dpo': {e}") from None

@@ -133,7 +133,7 @@ def train_bandit(loss_name: str, betas, seeds, *, steps: int, learning_rate: flo
         logp_A = jax.nn.log_softmax(logits_A.astype(jnp.float32))
         w_B, l_B = pairs_Px2[idx_B, 0], pairs_Px2[idx_B, 1]
         loss, _ = loss_fn(policy_chosen_logps=logp_A[w_B], policy_rejected_logps=logp_A[l_B],
-                          reference_chosen_logps=ref_logp_A[w_B], reference_rejected_logps=ref_logp_A[l_B],
+                          ref_chosen_logps=ref_logp_A[w_B], ref_rejected_logps=ref_logp_A[l_B],
                           beta=beta, **extra)
         return loss
 
