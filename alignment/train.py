@@ -416,12 +416,12 @@ def train(config, workdir: str, *, extra_metrics: Mapping[str, float] | None = N
     iterator = data_lib.make_iterator(config.data, tokenizer, kind=config.data.kind, split="train",
                                       global_batch_size=config.global_batch_size, seed=config.data.seed,
                                       process_index=pi, process_count=pc)
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                state, st_shardings)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            state, st_shardings)
+    restored = checkpointer.restore_latest(abstract)  # the newest checkpoint matching its digest
+    if restored is not None:
         ref_params = state.ref_params  # not checkpointed: the initial weights, re-created above
-        state, data_states = checkpointer.restore(latest, abstract)
+        latest, state, data_states = restored
         state = state.replace(ref_params=ref_params)
         iterator.set_state(ckpt_lib.local_data_state(data_states))
         log.info("resumed from step %d in %s", latest, workdir)
