@@ -56,7 +56,8 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=1, create=True,
             enable_async_checkpointing=async_save)
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=_HASHED_ITEMS)
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_names=_HASHED_ITEMS)
         self._undigested: list[int] = []  # saved by this object, digest not yet written
 
     def latest_step(self) -> int | None:

@@ -7,8 +7,8 @@ The corpus is the task's train split: every prompt once, followed by `corpus.dem
 demonstrations per prompt (prompt + response as one document), so the base has seen the
 language of the task but was never tuned to follow a prompt. The tokenizer is byte-level BPE
 (`tokenizers`, Sennrich et al. 2016) with <pad>/<bos>/<eos>; the LM is trained by the offline
-learner (`alignment.learners.run`, kind "sft") on documents with an empty prompt, i.e. next-token NLL on
-every token. Everything is a pure function of the config: same config, same bytes (on the same
+learner (`alignment.learners.run`, kind "sft") on documents with an empty prompt, i.e.
+next-token NLL on every token. Everything is a pure function of the config: same config, same bytes (on the same
 device count).
 
 Where the base lives (`resolve_base`): `config.cache_dir` when set, else
