@@ -4,6 +4,7 @@ import json
 import logging
 import pathlib
 import shutil
+import socket
 
 import jax
 import jax.numpy as jnp
@@ -156,3 +157,38 @@ def test_run_resumes_from_intact_checkpoint_after_bytes_flipped(tmp_path, caplog
     for k in expected:
         np.testing.assert_array_equal(got[k], expected[k], err_msg=k)
     assert all(np.isfinite(v).all() for v in got.values())
+
+
+def test_two_processes_fall_back_together(tmp_path):
+    """With two `jax.distributed` processes, process 0 verifies and moves the damaged step and
+    both restore the same older step."""
+    workdir = tmp_path / "run"
+    args = ("--config.num_train_steps=4", "--config.checkpoint_every_steps=2",
+            "--config.keep_checkpoints=3", "--config.eval_every_steps=0")
+
+    def run_two():
+        with socket.socket() as s:
+            s.bind(("localhost", 0))
+            port = s.getsockname()[1]
+        procs = [lib.run_train_cli(
+            workdir, *args, "--config.distributed.num_processes=2",
+            f"--config.distributed.process_id={i}",
+            f"--config.distributed.coordinator_address=localhost:{port}", devices=4, wait=False)
+            for i in range(2)]
+        outs = [p.communicate(timeout=400)[0] for p in procs]
+        for p, out in zip(procs, outs):
+            assert p.returncode == 0, out[-4000:]
+        return outs
+
+    run_two()
+    ckdir = workdir / "checkpoints"
+    assert (ckdir / "4" / checkpoint.DIGEST_FILE).is_file()
+    for path in _array_data_files(ckdir / "4"):
+        _flip_bytes(path)
+    outs = run_two()
+    assert "checkpoint step 4" in outs[0] and "damaged" in outs[0]
+    assert "resumed from step 2" in outs[0] and "resumed from step 2" in outs[1]
+    assert (workdir / "checkpoints.damaged" / "4").is_dir()
+    step, params = lib.final_params(workdir)
+    assert step == 4 and all(np.isfinite(v).all() for v in params.values())
+    assert checkpoint.Checkpointer(str(ckdir), every_steps=2, keep=3).verify(4) is None
