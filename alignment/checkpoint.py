@@ -98,9 +98,9 @@ class Checkpointer:
         returned state are as in `restore`.
 
         A checkpoint whose files differ from its `sha256.json` is logged (a warning naming the
-        step and the file), moved to `<directory>.damaged/<step>` (so the resumed run can save
-        that step again) and the next older one is tried; `CheckpointCorruptError` when none is
-        intact. A checkpoint without a digest (written by an older version, or the run stopped
+        step and the file) and the next older one is tried; once an intact one is found, the
+        damaged ones move to `<directory>.damaged/<step>` (so the resumed run can save those steps
+        again). `CheckpointCorruptError` when none is intact (nothing is moved). A checkpoint without a digest (written by an older version, or the run stopped
         between an async save's commit and its digest) is restored with a warning.
         Collective: process 0 verifies and moves, every process restores the chosen step."""
         steps = sorted(self.all_steps(), reverse=True)
@@ -116,17 +116,18 @@ class Checkpointer:
                 damaged.append(step)
                 log.warning("checkpoint step %d in %s is damaged (%s); falling back to the next "
                             "older checkpoint", step, self.directory, problem)
-            for step in damaged:
-                self._quarantine(step)
+            if chosen >= 0:  # with none intact nothing moves: a re-run must not silently restart
+                for step in damaged:
+                    self._quarantine(step)
         if jax.process_count() > 1:
             chosen = int(multihost_utils.broadcast_one_to_all(np.int64(chosen)))
-        if damaged or chosen < 0 or jax.process_count() > 1:
-            self._manager.reload()
         if chosen < 0:
             raise CheckpointCorruptError(
                 f"no intact checkpoint in {self.directory}: steps {steps} all differ from their "
-                f"{DIGEST_FILE} (moved to {self.directory}.damaged); delete the workdir's "
-                "checkpoints to start the run over")
+                f"{DIGEST_FILE} (warnings above name the files); move the directory away to "
+                "start the run over")
+        if damaged or jax.process_count() > 1:
+            self._manager.reload()  # the damaged steps moved away (on process 0)
         if damaged:
             log.warning("resuming from step %d instead of the damaged step %d", chosen, damaged[0])
         state, data_states = self.restore(chosen, abstract_state)

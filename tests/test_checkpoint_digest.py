@@ -96,7 +96,9 @@ def test_every_checkpoint_damaged_is_a_clear_error(tmp_path):
     (tmp_path / "2" / "data" / "metadata").write_text('{"process_0": {"position": 99}}')
     with pytest.raises(checkpoint.CheckpointCorruptError, match=r"no intact checkpoint.*\[2, 1\]"):
         ck.restore_latest(_abstract(_state(2)))
+    assert ck.all_steps() == [1, 2]  # nothing moved: a re-run fails the same way, never restarts
     ck.close()
+    assert not (tmp_path.parent / (tmp_path.name + ".damaged")).exists()
 
 
 def test_missing_or_unreadable_digest(tmp_path, caplog):
