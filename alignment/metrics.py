@@ -14,6 +14,8 @@ import time
 from typing import Any, Mapping
 
 import numpy as np
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
 
 JSONL = "metrics.jsonl"
 PROGRESS_KEYS = ("loss", "eval_loss", "reward_accuracy", "grad_norm", "tokens_per_s")
@@ -71,12 +73,10 @@ class MetricsWriter:
                 f.writelines(json.dumps(r) + "\n" for r in kept)
         self._file = open(self.path, "a")
         if tensorboard:
-            from tensorboardX import SummaryWriter
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
         if progress is None:
             progress = sys.stderr.isatty()
         if progress:
-            from tqdm import tqdm
             self._bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, desc="train")
         self._last = start_step
 

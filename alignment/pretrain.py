@@ -6,9 +6,9 @@ task's corpus, saved as a Hugging Face folder and cached.
 The corpus is the task's train split: every prompt once, followed by `corpus.demos_per_prompt`
 demonstrations per prompt (prompt + response as one document), so the base has seen the
 language of the task but was never tuned to follow a prompt. The tokenizer is byte-level BPE
-(`tokenizers`, Sennrich et al. 2016) with <pad>/<bos>/<eos>; the LM is trained with the engine
-(`alignment.train.train`, kind "sft") on documents with an empty prompt, i.e. next-token NLL on
-every token. Everything is a pure function of the config: same config, same bytes (on the same
+(`tokenizers`, Sennrich et al. 2016) with <pad>/<bos>/<eos>; the LM is trained by the offline
+learner (`alignment.learners.run`, kind "sft") on documents with an empty prompt, i.e.
+next-token NLL on every token. Everything is a pure function of the config: same config, same bytes (on the same
 device count).
 
 Where the base lives (`resolve_base`): `config.cache_dir` when set, else
@@ -29,8 +29,15 @@ import tempfile
 from typing import Any
 
 import ml_collections
+import tokenizers
+from tokenizers import decoders, pre_tokenizers, processors, trainers
+from tokenizers import models as tok_models
 
+from alignment import checkpoint as ckpt_lib
 from alignment import data as data_lib
+from alignment import engine, learners, models, sharding, tasks
+from alignment.models import hf as hf_lib
+from alignment.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +89,6 @@ def cache_dir(config) -> pathlib.Path:
 def model_config(config, vocab_size: int):
     """The `ModelConfig` of `config.model` for a tokenizer of `vocab_size` ids (rounded up to a
     multiple of `model.vocab_multiple`, so the vocab axis splits over tensor-parallel meshes)."""
-    from alignment import models
     m = config.model
     vocab = -(-vocab_size // m.vocab_multiple) * m.vocab_multiple
     return models.get_preset("tiny", vocab_size=vocab, d_model=m.d_model, n_layers=m.n_layers,
@@ -99,7 +105,6 @@ def check_base(path, config, *, vocab_size: int | None = None) -> None:
         raise FileNotFoundError(f"{path}: not a base model folder (no config.json)")
     with open(cfg_file) as f:
         hf = json.load(f)
-    from alignment.models import hf as hf_lib
     have = hf_lib.config_from_hf(hf, where=str(cfg_file))
     m = config.model
     want = {"d_model": m.d_model, "n_layers": m.n_layers, "n_heads": m.n_heads, "n_kv_heads": m.n_kv_heads,
@@ -132,7 +137,6 @@ def shipped_base(config) -> pathlib.Path | None:
 # ----------------------------------------------------------------------------- corpus & tokenizer
 
 def get_task(config):
-    from alignment import tasks
     if config.task not in tasks.available():
         raise ValueError(f"pretrain: unknown task {config.task!r}; valid tasks: {', '.join(tasks.available())}")
     return tasks.get_task(config.task, **json.loads(config.task_kwargs or "{}"))
@@ -157,10 +161,6 @@ def corpus(config) -> list[str]:
 def train_tokenizer(texts, *, vocab_size: int, min_frequency: int):
     """Byte-level BPE on `texts` with <pad>=0, <bos>=1, <eos>=2 (BOS prepended by
     `encode(..., add_special_tokens=True)`), as an `alignment.tokenizer.Tokenizer`."""
-    import tokenizers
-    from tokenizers import decoders, models as tok_models, pre_tokenizers, processors, trainers
-
-    from alignment.tokenizer import Tokenizer
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"pretrain: tokenizer.vocab_size={vocab_size} is below the 256 byte tokens + "
                          f"{len(SPECIAL_TOKENS)} special tokens of byte-level BPE")
@@ -199,9 +199,6 @@ def train_config(config, *, tokenizer_dir: str, init_dir: str, data_dir: str) ->
 
 def pretrain(config, out_dir) -> pathlib.Path:
     """Trains the base of `config` from scratch into `out_dir` (written whole, then renamed)."""
-    from alignment import checkpoint as ckpt_lib
-    from alignment import sharding
-    from alignment import train as train_lib
     out_dir = pathlib.Path(out_dir)
     docs = corpus(config)
     tokenizer = train_tokenizer(docs, vocab_size=config.tokenizer.vocab_size,
@@ -215,7 +212,7 @@ def pretrain(config, out_dir) -> pathlib.Path:
         tokenizer.save(work / "tokenizer")
         # random init as a HF folder: the engine takes its architecture from init_from
         mesh = sharding.make_mesh(config.train.mesh.to_dict())
-        graphdef, params, _ = train_lib.init_params(model_cfg, mesh, config.seed)
+        graphdef, params, _ = engine.init_params(model_cfg, mesh, config.seed)
         ckpt_lib.export_hf(graphdef, params, str(work / "init"), tokenizer=tokenizer)
         del params
         rows = [{"prompt": "", "completion": d} for d in docs]
@@ -225,7 +222,7 @@ def pretrain(config, out_dir) -> pathlib.Path:
         data_lib.write_jsonl(rows[-n_eval:], work / "data" / "test.jsonl")
         t = train_config(config, tokenizer_dir=str(work / "tokenizer"), init_dir=str(work / "init"),
                          data_dir=str(work / "data"))
-        train_lib.train(t, str(work / "run"))
+        learners.run(t, str(work / "run"))
         final = work / "run" / "hf"
         with open(final / CONFIG_RECORD, "w") as f:
             json.dump({"hash": config_hash(config), "config": config.to_dict(), "num_documents": len(docs)},
@@ -273,7 +270,6 @@ def describe(path) -> dict[str, Any]:
     path = pathlib.Path(path)
     with open(path / "config.json") as f:
         hf = json.load(f)
-    from alignment.models import hf as hf_lib
     cfg = hf_lib.config_from_hf(hf)
     return {"path": str(path), "num_params": cfg.num_params(),
             **{k: getattr(cfg, k) for k in SHAPE_FIELDS},

@@ -20,6 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alignment import models, sharding
+from alignment.models.logprobs import naive_token_logprobs, token_logprobs
+from alignment.sampling import SamplingParams, left_pad, sample_arrays
+from experiments.bench_train import bench_train
+
 # Dense bf16 peak FLOP/s by device kind (substring match), for MFU.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "TPU v4": 275e12,
               "TPU v5 lite": 197e12, "TPU v5p": 459e12, "TPU v6": 918e12}
@@ -51,10 +56,6 @@ def _time(fn, steps: int) -> float:
 
 
 def bench_model(args) -> dict:
-    from alignment import models, sharding
-    from alignment.models.logprobs import naive_token_logprobs, token_logprobs
-    from alignment.sampling import SamplingParams, left_pad, sample_arrays
-
     overrides = dict(dtype=args.dtype, param_dtype=args.param_dtype, scan_layers=args.scan_layers)
     if args.vocab_size is not None:
         overrides["vocab_size"] = args.vocab_size
@@ -146,7 +147,6 @@ def main(argv=None):
                    help="DPO/SFT step time, tokens/s, XLA vs analytic FLOPs, peak memory")
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:
-        from experiments.bench_train import bench_train
         return bench_train(argv[1:])
     args = parser.parse_args(argv)
     result = args.fn(args)

@@ -20,7 +20,11 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
+
+from alignment import engine, losses, models, optim, sharding
+from alignment.learners import offline
 
 
 def _parse(argv):
@@ -52,10 +56,6 @@ def analytic_flops(cfg, n_matmul_params: int, batch_pairs: int, seq: int, in_ste
 
 def bench_train(argv=None) -> dict:
     args = _parse(argv)
-    from alignment import losses, models, optim, sharding
-    from alignment import train as T
-    from alignment.learners import offline
-    import ml_collections
 
     overrides = dict(dtype=args.dtype, scan_layers=args.scan_layers, remat_policy=args.remat_policy)
     if args.vocab_size:
@@ -64,7 +64,7 @@ def bench_train(argv=None) -> dict:
     if cfg.max_seq_len < args.seq:
         cfg = models.get_preset(args.preset, max_seq_len=args.seq, **overrides)
     mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
-    graphdef, params, shardings = T.init_params(cfg, mesh, seed=0)
+    graphdef, params, shardings = engine.init_params(cfg, mesh, seed=0)
     ocfg = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=1e-5, schedule="cosine", warmup_steps=0, end_lr_factor=0.1, b1=0.9,
         b2=0.95, eps=1e-8, weight_decay=0.0, decay_min_ndim=2, no_decay_regex="(norm|bias|embed)",
@@ -72,8 +72,8 @@ def bench_train(argv=None) -> dict:
     tx = optim.make_optimizer(ocfg, params, 1000)
     loss = losses.get(args.loss)
     in_step = args.reference == "in_step" and offline.needs_reference(loss)
-    state, st_sh = T.create_train_state(params, shardings, tx, mesh, seed=0, with_reference=in_step)
-    logprob_fn = T.make_logprob_fn(graphdef, args.chunk_size, remat=not args.no_logprob_remat)
+    state, st_sh = engine.create_train_state(params, shardings, tx, mesh, seed=0, with_reference=in_step)
+    logprob_fn = engine.make_logprob_fn(graphdef, args.chunk_size, remat=not args.no_logprob_remat)
     loss_fn = lambda p, ref, b: offline.preference_loss(  # noqa: E731
         logprob_fn, p, b, loss_fn=loss, loss_kwargs={}, reference_mode=args.reference, ref_params=ref)
 
@@ -89,9 +89,9 @@ def bench_train(argv=None) -> dict:
     if args.reference == "precomputed":
         batch["ref_chosen_logps"] = rng.randn(B).astype(np.float32) - 50
         batch["ref_rejected_logps"] = rng.randn(B).astype(np.float32) - 50
-    b_sh = T.batch_shardings_for(batch, mesh)
-    step = T.make_train_step(loss_fn, tx, state_shardings=st_sh, batch_shardings=b_sh, mesh=mesh)
-    gbatch = T.to_global(batch, b_sh)
+    b_sh = engine.batch_shardings_for(batch, mesh)
+    step = engine.make_train_step(loss_fn, tx, state_shardings=st_sh, batch_shardings=b_sh, mesh=mesh)
+    gbatch = engine.to_global(batch, b_sh)
 
     t0 = time.perf_counter()
     compiled = step.lower(state, gbatch).compile()

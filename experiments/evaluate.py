@@ -20,6 +20,9 @@ import json
 import os
 import sys
 
+from alignment import evaluation, models, sharding, tasks
+from alignment import tokenizer as tok_lib
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__.split("\n\n")[0])
@@ -139,7 +142,6 @@ def parse_mesh(spec: str):
     """'fsdp=4,tensor=2' -> a (data, fsdp, tensor) mesh (unnamed axes 1); '' -> None."""
     if not spec:
         return None
-    from alignment import sharding
     shape = {"data": 1, "fsdp": 1, "tensor": 1}
     for part in spec.split(","):
         name, sep, value = part.partition("=")
@@ -154,8 +156,6 @@ def parse_mesh(spec: str):
 
 def evaluate_run(args, run: str, policy: str) -> dict:
     """Loads the models of one run and evaluates them; the settings used are recorded in the result."""
-    from alignment import evaluation, models, tasks
-    from alignment import tokenizer as tok_lib
     cfg = _resolve(args, run, read_run_record(run), policy)
     # an unknown task or option fails here, before any model loads
     task = tasks.get_task(cfg["task"], **cfg["task_kwargs"])
@@ -195,7 +195,6 @@ def _frontier_point(result: dict, run: str) -> dict:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from alignment import evaluation
     workdir = os.path.abspath(args.workdir)
     if not os.path.isdir(workdir):
         if not args.frontier:

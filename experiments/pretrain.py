@@ -17,6 +17,9 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from alignment import pretrain
+from alignment.cli import setup_logging
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/pretrain.py[:task]", lock_config=True)
 _EXPORT = flags.DEFINE_string("export", "", "also copy the base folder here (replacing it)")
 flags.mark_flags_as_required(["config"])
@@ -25,9 +28,7 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from alignment.cli import setup_logging
     setup_logging()
-    from alignment import pretrain
     path = pretrain.build_base(_CONFIG.value)
     if _EXPORT.value and os.path.abspath(_EXPORT.value) != os.path.abspath(path):
         dst = os.path.abspath(_EXPORT.value)

@@ -1,9 +1,10 @@
 """`python -m experiments.bench train`: the analytic FLOPs count agrees with XLA's on a step."""
 import pytest
 
+from experiments import bench_train
+
 
 def test_bench_train_flops_match_the_analytic_count():
-    from experiments import bench_train
     result = bench_train.bench_train(["--preset", "tiny", "--vocab_size", "1024", "--batch", "8", "--seq", "32",
                                       "--chunk_size", "32", "--steps", "1", "--no_logprob_remat"])
     # 6 x params x tokens + attention covers the step to within a few percent (norms, softmax, Adam)

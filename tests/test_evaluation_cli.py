@@ -1,6 +1,7 @@
 """`python -m experiments.evaluate` end to end on tiny random models saved as HF folders."""
 import json
 import os
+import runpy
 import subprocess
 import sys
 
@@ -94,7 +95,6 @@ def test_cli_missing_policy_and_reference(runs, tmp_path):
 
 
 def test_module_entry_point_reports_bad_input_in_one_line(runs, monkeypatch, capsys):
-    import runpy
     monkeypatch.delitem(sys.modules, "experiments.evaluate", raising=False)  # run it afresh as __main__
     monkeypatch.setattr(sys, "argv", ["evaluate", "--workdir", runs["run_a"], "--task", "nope", *FAST])
     with pytest.raises(SystemExit) as exit_info:

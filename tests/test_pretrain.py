@@ -3,25 +3,25 @@ and the base shipped in alignment/assets/bases/."""
 import json
 import pathlib
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
-from alignment import config_files
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _config_module(name):
-    return config_files.load_file(REPO / "configs" / f"{name}.py")
+from alignment import models, pretrain, tasks
+from alignment.models.logprobs import model_logprobs
+from alignment.tokenizer import Tokenizer
+from configs import pretrain as pretrain_config
 
 
 def _tiny(cache_dir, **overrides):
-    return config_files.override(_config_module("pretrain").get_config("sentiment,tiny"),
-                                 {"cache_dir": str(cache_dir), **overrides})
+    """configs/pretrain.py:sentiment,tiny with dotted-key overrides (as `--config.a.b=v`)."""
+    config = pretrain_config.get_config("sentiment,tiny")
+    config.update_from_flattened_dict({"cache_dir": str(cache_dir), **overrides})
+    return config
 
 
 def _tensors(folder):
-    from safetensors.numpy import load_file
     out = {}
     for f in sorted(pathlib.Path(folder).glob("*.safetensors")):
         out.update(load_file(str(f)))
@@ -30,14 +30,12 @@ def _tensors(folder):
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):
-    from alignment import pretrain
     root = tmp_path_factory.mktemp("bases")
     config = _tiny(root / "a")
     return config, pretrain.build_base(config)
 
 
 def test_tiny_pretrain_is_deterministic_for_a_seed(tiny_base, tmp_path):
-    from alignment import pretrain
     config, first = tiny_base
     second = pretrain.build_base(_tiny(tmp_path / "b"))
     assert (first / "tokenizer.json").read_text() == (second / "tokenizer.json").read_text()
@@ -52,7 +50,6 @@ def test_tiny_pretrain_is_deterministic_for_a_seed(tiny_base, tmp_path):
 
 
 def test_another_seed_gives_another_base(tiny_base, tmp_path):
-    from alignment import pretrain
     config, first = tiny_base
     other = _tiny(tmp_path / "c", seed=1)
     assert pretrain.config_hash(other) != pretrain.config_hash(config)
@@ -63,7 +60,6 @@ def test_another_seed_gives_another_base(tiny_base, tmp_path):
 
 
 def test_cache_is_reused_without_training(tiny_base, monkeypatch):
-    from alignment import pretrain
     config, path = tiny_base
     stamp = (path / "model.safetensors").stat().st_mtime_ns
 
@@ -76,7 +72,6 @@ def test_cache_is_reused_without_training(tiny_base, monkeypatch):
 
 
 def test_hash_covers_what_the_base_computes_only(tmp_path):
-    from alignment import pretrain
     base = _tiny("")
     h = pretrain.config_hash(base)
     # logging and where the base is stored do not change the base
@@ -88,7 +83,6 @@ def test_hash_covers_what_the_base_computes_only(tmp_path):
 
 
 def test_cache_holding_another_shape_is_a_clear_error(tiny_base):
-    from alignment import pretrain
     config, path = tiny_base
     with pytest.raises(ValueError, match=r"d_model=32.*d_model=48") as e:
         pretrain.build_base(_tiny(path, **{"model.d_model": 48}))
@@ -98,7 +92,6 @@ def test_cache_holding_another_shape_is_a_clear_error(tiny_base):
 
 
 def test_folder_without_a_model_is_not_overwritten(tmp_path):
-    from alignment import pretrain
     (tmp_path / "junk.txt").write_text("mine")
     with pytest.raises(ValueError, match="no config.json"):
         pretrain.build_base(_tiny(tmp_path))
@@ -106,16 +99,14 @@ def test_folder_without_a_model_is_not_overwritten(tmp_path):
 
 
 def test_unknown_task_is_a_clear_error():
-    from alignment import pretrain
     with pytest.raises(ValueError, match="unknown task 'nosuch'.*sentiment"):
-        _config_module("pretrain").get_config("nosuch")
+        pretrain_config.get_config("nosuch")
     config = _tiny("", task="nosuch")
     with pytest.raises(ValueError, match="unknown task 'nosuch'"):
         pretrain.build_base(config)
 
 
 def test_bpe_tokenizer_round_trips_the_corpus():
-    from alignment import pretrain
     config = _tiny("")
     docs = pretrain.corpus(config)
     assert len(docs) == config.corpus.num_prompts * (1 + config.corpus.demos_per_prompt)
@@ -136,12 +127,7 @@ def test_bpe_tokenizer_round_trips_the_corpus():
 def test_shipped_sentiment_base_loads_and_matches_its_config():
     """If this fails after changing configs/pretrain.py, rebuild the shipped base with the command in
     alignment/assets/bases/sentiment/README.md (the config hash no longer matches the shipped one)."""
-    import jax.numpy as jnp
-
-    from alignment import models, pretrain
-    from alignment.models.logprobs import model_logprobs
-    from alignment.tokenizer import Tokenizer
-    config = _config_module("pretrain").get_config("sentiment")
+    config = pretrain_config.get_config("sentiment")
     path = pretrain.shipped_base(config)
     assert path is not None, "no shipped base for configs/pretrain.py:sentiment (or its hash changed)"
     assert pretrain.resolve_base(config)[1] in ("shipped", "cache")
@@ -154,7 +140,6 @@ def test_shipped_sentiment_base_loads_and_matches_its_config():
     size = sum(f.stat().st_size for f in path.iterdir())
     assert size < 8 * 2**20, f"shipped base is {size / 2**20:.1f} MiB"
     # it was trained: a task sentence is far more likely than the same words shuffled
-    from alignment import tasks
     prompt, response = tasks.get_task("sentiment").demonstrations("test", 1, seed=0)[0]
     words = (prompt + response).split(" ")
     shuffled = " ".join(words[::2] + words[1::2])
