@@ -36,9 +36,6 @@ log = logging.getLogger(__name__)
 # offline kinds (KINDS) run the loop below
 PIPELINES = {
     "online": "alignment.learners.online:train_online",
-    "rso": "alignment.learners.rso:train_rso",
-    "per_step": "alignment.learners.per_step:train_per_step",
-    "seft": "alignment.learners.seft:train_seft",
 }
 LossFn = Callable[[Any, Any, Mapping[str, jax.Array]], tuple[jax.Array, jax.Array, dict]]
 

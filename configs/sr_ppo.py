@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import ml_collections
 
-from alignment.config_files import sibling
+from alignment.engine.config import parse_arg
+from alignment.learners.online_config import online_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    ppo = sibling(__file__, "ppo")
-    args = sibling(__file__, "sft").parse_arg(arg, {"tiny": False, "task": "sorting"})
-    c = ppo.online_config("sr_ppo", args, "ppo")
+    args = parse_arg(arg, {"tiny": False, "task": "sorting"})
+    c = online_config("sr_ppo", args, "ppo")
     c.reward.kind = "log_ratio"
     c.online.kl_coef = 0.05  # KL to pi_sft (the reference) in the reward; 0 turns it off
     c.loss_kwargs.vf_coef = 0.1

@@ -3,8 +3,8 @@
     python -m experiments.train --config configs/<name>.py[:arg] --workdir DIR [--config.key=value ...]
 
 Re-running the same command with the same --workdir resumes from the latest checkpoint
-(parameters, optimizer, RNG and data position). Unknown `--config.*` keys and values of the
-wrong type fail before anything is built.
+(parameters, optimizer, RNG and data position). Unknown `--config.*` keys (named with the
+nearest known keys) and values of the wrong type fail before anything is built.
 """
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+import experiments.pipelines  # noqa: F401 - registers the pipeline kinds (rso, per_step, seft)
+from alignment import learners
+from alignment.engine.config import check_cli_overrides
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py[:arg]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics.jsonl, tensorboard")
@@ -24,9 +28,12 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from alignment.cli import setup_logging
     setup_logging()
-    from alignment import train as train_lib
-    train_lib.train(_CONFIG.value, _WORKDIR.value)
+    learners.run(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
+    try:
+        check_cli_overrides(sys.argv)
+    except KeyError as e:
+        sys.exit(f"FATAL Flags parsing error: {e.args[0]}")
     sys.exit(app.run(main))

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from alignment import config_files
+from alignment.engine import config as config_files
 from absl import flags
 from ml_collections import config_flags
 

@@ -11,7 +11,8 @@ import os
 import numpy as np
 import pytest
 
-from alignment import advantages, config_files, tasks
+from alignment import advantages, tasks
+from alignment.engine import config as config_files
 from alignment.learners import per_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from alignment import config_files
+from alignment.engine import config as config_files
 from alignment.learners import stages
 from experiments.reproduce import common
 

@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from alignment import config_files
+from alignment.engine import config as config_files
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

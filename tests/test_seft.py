@@ -9,7 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from alignment import config_files, tasks
+from alignment import tasks
+from alignment.engine import config as config_files
 from alignment.learners import seft
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
