@@ -17,6 +17,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from alignment.engine.config import check_cli_overrides
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/pretrain.py[:task]", lock_config=True)
 _EXPORT = flags.DEFINE_string("export", "", "also copy the base folder here (replacing it)")
 flags.mark_flags_as_required(["config"])
@@ -40,4 +42,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    try:
+        check_cli_overrides(sys.argv)
+    except KeyError as e:
+        sys.exit(f"FATAL Flags parsing error: {e.args[0]}")
     sys.exit(app.run(main))

@@ -234,15 +234,15 @@ def cli_override_keys(argv: Iterable[str], flag: str = "config") -> list[str]:
     return keys
 
 
-def check_cli_overrides(argv: Iterable[str], flag: str = "config") -> None:
+def check_cli_overrides(argv: Iterable[str], flag: str = "config", default: str | None = None) -> None:
     """Before absl parses `argv`: a KeyError naming the first `--<flag>.<key>=...` whose key the
-    config file of `--<flag>=<path>[:arg]` does not have, with the nearest known keys (absl would
-    fail on it with a bare `AttributeError: "'key'"`). Does nothing without both flags, or when
-    the config file does not load (absl reports that itself)."""
+    config file of `--<flag>=<path>[:arg]` (or `default`) does not have, with the nearest known
+    keys (absl would fail on it with a bare `AttributeError: "'key'"`). Does nothing without
+    overrides or a config file, or when the config file does not load (absl reports that)."""
     argv = list(argv)
     if "--" in argv:
         argv = argv[:argv.index("--")]
-    spec = None
+    spec = default
     for i, arg in enumerate(argv):
         for dashes in ("--", "-"):
             if arg.startswith(f"{dashes}{flag}="):

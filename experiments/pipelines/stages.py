@@ -54,12 +54,16 @@ def with_data(stage_cfg, *, data_dir: str, seed: int, tokenizer: str, init_from:
 
 
 def run_stage(config, workdir: str) -> str:
-    """Trains `config` in `workdir` unless `workdir/hf` holds its export; returns `workdir/hf`."""
-    if not config.export_hf:
+    """Trains `config` in `workdir` (`alignment.learners.run`: an engine config, or a pipeline
+    kind whose last stage exports to `workdir/hf`) unless `workdir/hf` holds its export;
+    returns `workdir/hf`."""
+    if "export_hf" in config and not config.export_hf:
         raise ValueError(f"run_stage({workdir}): config.export_hf must be True, the next stage reads WORKDIR/hf")
     hf = os.path.join(os.path.abspath(workdir), "hf")
     if not os.path.isfile(os.path.join(hf, "config.json")):
         learners.run(config, workdir)
+        if not os.path.isfile(os.path.join(hf, "config.json")):
+            raise ValueError(f"run_stage({workdir}): the {config.kind!r} run exported no policy to {hf}")
     return hf
 
 

@@ -31,6 +31,9 @@ from __future__ import annotations
 import os
 import time
 
+from alignment import tasks
+from alignment.tokenizer import Tokenizer
+from experiments.pipelines import stages
 from experiments.reproduce import common, rso
 from experiments.reproduce import sail as shared
 
@@ -86,9 +89,6 @@ def starting_policy(workdir: str, s: dict) -> tuple[str, str]:
 def run_method(method: str, seed: int, *, workdir: str, base: str, sft_hf: str, s: dict) -> dict:
     """`METHODS[method]` from `sft_hf` for `s["steps"]` online steps (reused when exported), then its
     held-out evaluation against the SFT policy (cached): `stages.evaluate`'s dict."""
-    from alignment import tasks
-    from alignment.learners import stages
-    from alignment.tokenizer import Tokenizer
     tag = f"steps{s['steps']}_p{s['prompts']}_g{s['group']}_lr{s['lr']:g}"
     wd = os.path.join(workdir, f"{method}_{tag}_s{seed}")
     name, arg, _ = METHODS[method]
