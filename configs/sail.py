@@ -1,5 +1,5 @@
 """SAIL (Ding et al., 2024): online DPO on pairs sampled from the current policy, with the extra
-score-function gradient term (loss `sail`, methods.md section 4).
+score-function gradient term (loss `sail`, docs/methods.md section 4).
 
     python -m experiments.train --config configs/sail.py:tiny --workdir /tmp/sail
     python -m experiments.train --config configs/sail.py:tiny,variant=pp --workdir /tmp/sail_pp

@@ -1,5 +1,5 @@
 """Self-Rewarding PPO: reward = sum_t log pi_sft(y_t) - log pi_base(y_t), given at EOS, then PPO
-with GAE from pi_sft and an optional KL penalty to pi_sft (methods.md section 4).
+with GAE from pi_sft and an optional KL penalty to pi_sft (docs/methods.md section 4).
 
     python -m experiments.train --config configs/sr_ppo.py:tiny --workdir /tmp/sr_ppo
     python -m experiments.train --config configs/sr_ppo.py --workdir DIR \

@@ -5,10 +5,10 @@
 Stages (each reused when its output exists, so re-running is fast):
   1. base      `alignment.pretrain.build_base(config.pretrain)`: the shipped base when the config
                matches it, else the cache, else trained (BPE tokenizer + ~1M-parameter LM).
-  2. sft       WORKDIR/sft: `alignment.train.train` (kind "sft") on the task's demonstrations.
+  2. sft       WORKDIR/sft: `alignment.learners.run` (kind "sft") on the task's demonstrations.
   3. pairs     WORKDIR/pairs/train.jsonl: `samples_per_prompt` samples of the SFT policy for each
                train prompt, scored by the task's gold reward; best vs worst makes a pair.
-  4. dpo       WORKDIR/dpo: `alignment.train.train` (kind "preference", DPO, SFT as reference).
+  4. dpo       WORKDIR/dpo: `alignment.learners.run` (kind "preference", DPO, SFT as reference).
   5. evaluate  `alignment.evaluation.evaluate_policy` on held-out prompts: SFT against itself
                (before: win rate 1/2, KL 0) and DPO against SFT (after).
 Writes WORKDIR/summary.json ({"before": {...}, "after": {...}, ...}), WORKDIR/eval_{before,after}.json,

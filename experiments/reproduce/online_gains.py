@@ -1,6 +1,6 @@
 """Every online learner raises the gold reward of the SFT policy it starts from (issue 6's claim).
 
-Not one paper's table: the acceptance check of the online loop (methods.md section 4). Each learner
+Not one paper's table: the acceptance check of the online loop (docs/methods.md section 4). Each learner
 runs through its own config (`configs/<name>.py:tiny,task=sentiment`), the same as
 `python -m experiments.train`, from one shared starting policy:
 
@@ -38,7 +38,7 @@ from experiments.reproduce import common, rso
 from experiments.reproduce import sail as shared
 
 NAME = "online_gains"
-PAPER = "issue 6: the online loop (PPO, GRPO and variants, Self-Rewarding PPO, online DPO, SAIL; methods.md section 4)"
+PAPER = "issue 6: the online loop (PPO, GRPO and variants, Self-Rewarding PPO, online DPO, SAIL; docs/methods.md section 4)"
 CLAIM = ("Each online learner, run through its config in a short CPU run, raises the held-out gold reward of the "
          "SFT policy it starts from.")
 TASK = "sentiment"

@@ -1,7 +1,7 @@
 """SAIL (online DPO with its extra gradient term) vs offline DPO from the same SFT policy.
 
 Paper: Ding et al., 2024, "SAIL: Self-Improving Efficient Online Alignment of Large Language
-Models" (methods.md sections 4 and 6).
+Models" (docs/methods.md sections 4 and 6).
 
 Claim: training on preference pairs sampled from the *current* policy (SAIL-PR: pairs labelled
 by a reward model, DPO loss plus the score-function term of the policy-dependent sampling)
