@@ -16,8 +16,8 @@ beta is the paper's gamma, `config.preference.loss_kwargs.beta`).
 
 Each stage is an engine config of its own: `sft` (WORKDIR/sft, run when `init_from` is
 empty: `rso.sft_steps` steps on `rso.sft_examples` demonstrations) and `preference` (WORKDIR,
-on the pairs, starting from and referenced to the SFT policy). `seed`, `task` and `tokenizer` are shared by both; the pipeline fills in the data paths
-under WORKDIR and the SFT policy.
+on the pairs, starting from and referenced to the SFT policy). `seed`, `task` and `tokenizer`
+are shared by both; the pipeline fills in the data paths under WORKDIR and the SFT policy.
 """
 
 from __future__ import annotations

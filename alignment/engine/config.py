@@ -71,7 +71,8 @@ def base_config(kind: str, args: dict[str, object]) -> ml_collections.ConfigDict
     c.task = ""  # an embedded task (alignment.tasks) recorded in run.json for experiments.evaluate
     c.tensorboard = True
     c.progress_bar = True
-    c.tokenizer = "tiny" if tiny else ""  # "tiny" or a folder with tokenizer.json (+ tokenizer_config.json)
+    # "tiny" or a folder with tokenizer.json (+ tokenizer_config.json)
+    c.tokenizer = "tiny" if tiny else ""
 
     c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
     c.distributed = ml_collections.ConfigDict({
@@ -81,7 +82,8 @@ def base_config(kind: str, args: dict[str, object]) -> ml_collections.ConfigDict
     c.model = ml_collections.ConfigDict({
         "preset": "tiny" if tiny else "qwen3-0.6b",
         "init_from": "",  # a Hugging Face folder; "" = random init from `preset`
-        "dtype": "float32",  # compute dtype; "bfloat16" with param_dtype float32 = f32 master weights
+        # compute dtype; "bfloat16" with param_dtype float32 = f32 master weights
+        "dtype": "float32",
         "param_dtype": "float32",
         "scan_layers": False,
         "remat_policy": "none",
@@ -183,7 +185,8 @@ def nearest_keys(config, key: str, n: int = 5) -> list[str]:
 
 
 def unknown_key_message(config, key: str) -> str | None:
-    """None when dotted `key` exists in `config`, else a message naming it and the nearest known keys."""
+    """None when dotted `key` exists in `config`, else a message naming it and the nearest known
+    keys."""
     node = config
     parts = key.split(".")
     for i, part in enumerate(parts):

@@ -69,8 +69,8 @@ def run_stage(config, workdir: str) -> str:
 
 def sft_stage_config(*, steps: int, preset: str = "tiny", lr: float = 3e-3, batch: int = 32,
                      max_prompt_len: int = 32, max_len: int = 64):
-    """The engine config of a short SFT stage (`configs/sft.py` defaults, cosine schedule, one
-    checkpoint at the end, exported to WORKDIR/hf)."""
+    """The engine config of a short SFT stage (`alignment.engine.config.base_config("sft")`
+    defaults, cosine schedule, one checkpoint at the end, exported to WORKDIR/hf)."""
     c = base_config("sft", {"tiny": preset == "tiny", "loss": "sft"})
     c.model.preset = preset
     return short_stage(c, steps=steps, batch=batch, lr=lr, warmup=max(1, min(steps // 10, 50)),
