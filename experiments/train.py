@@ -14,9 +14,9 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-import experiments.pipelines  # noqa: F401 - registers the pipeline kinds (rso, per_step, seft)
 from alignment import learners
 from alignment.engine.config import check_cli_overrides
+import experiments.pipelines  # noqa: F401 - registers the pipeline kinds (rso, per_step, seft)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py[:arg]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics.jsonl, tensorboard")

@@ -11,10 +11,10 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-import experiments.pipelines  # noqa: F401 - registers rso, per_step, seft
 from alignment import learners, train
 from alignment.engine import config as config_lib
 from alignment.learners.online_config import online_config
+import experiments.pipelines  # noqa: F401 - registers rso, per_step, seft
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = ["sft", "dpo"]

@@ -78,7 +78,8 @@ def _with_data(stage, init_from: str, data_dir: str):
 
 
 def sft_config(config, workdir: str):
-    """The `sft` stage (WORKDIR/sft) on the task's demonstrations of the `num_problems` train problems."""
+    """The `sft` stage (WORKDIR/sft) on the task's demonstrations of the `num_problems` train
+    problems."""
     return _with_data(config.sft, "", os.path.join(workdir, "sft", "data"))
 
 
@@ -194,10 +195,12 @@ def train_per_step(config, workdir: str):
     if s.method == "rft":
         rows, counts = per_step_lib.rft_rows(samples)
     else:
-        values = step_values_for(config, task, tokenizer, sft_hf, samples, samples_dir) if s.method == "per_step" else None
+        values = None
+        if s.method == "per_step":
+            values = step_values_for(config, task, tokenizer, sft_hf, samples, samples_dir)
         rows, counts = per_step_lib.make_pairs(samples, task, method=s.method, chosen=s.chosen,
-                                  negatives_per_problem=s.negatives_per_problem, seed=config.seed,
-                                  step_values=values)
+                                               negatives_per_problem=s.negatives_per_problem, seed=config.seed,
+                                               step_values=values)
         if s.method == "per_step":
             stats["prefix_eos_supported"] = eos_ok
             if not eos_ok:
@@ -207,7 +210,7 @@ def train_per_step(config, workdir: str):
     _dump_json(stats, os.path.join(workdir, STATS_FILE))
     log.info("per_step: %s", stats)
     if not rows:
-        raise per_step_lib.NoTrainingRows(f"per_step ({s.method}): no training row survived ({stats}); sample more "
+        raise NoTrainingRows(f"per_step ({s.method}): no training row survived ({stats}); sample more "
                              "(per_step.samples_per_problem, num_problems) or use a stronger SFT policy")
     data_lib.write_jsonl(rows, os.path.join(workdir, DATA_DIR, "train.jsonl"))
     extra = {k: float(v) for k, v in counts.items() if isinstance(v, (int, float)) and np.isfinite(v)}
