@@ -14,22 +14,22 @@ from __future__ import annotations
 
 import ml_collections
 
-from alignment.config_files import sibling
+from alignment.engine.config import base_config, parse_arg, short_stage
+from configs import dpo as dpo_cfg
+from configs import pretrain as pre_cfg
 
 
 def _stage(config, *, steps: int, batch: int, lr: float, warmup: int, task: str, max_prompt_len: int,
            max_len: int):
-    from alignment.learners import stages
     config.task = task
     config.model.logprob_chunk_size = 64
     config.data.source = "jsonl"
-    return stages.short_stage(config, steps=steps, batch=batch, lr=lr, warmup=warmup,
+    return short_stage(config, steps=steps, batch=batch, lr=lr, warmup=warmup,
                               max_prompt_len=max_prompt_len, max_len=max_len)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    sft_cfg, dpo_cfg, pre_cfg = sibling(__file__, "sft"), sibling(__file__, "dpo"), sibling(__file__, "pretrain")
-    args = sft_cfg.parse_arg(arg, {"quick": False, "task": "sentiment"})
+    args = parse_arg(arg, {"quick": False, "task": "sentiment"})
     quick, task = bool(args["quick"]), str(args["task"])
     c = ml_collections.ConfigDict()
     c.task = task
@@ -38,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # SFT on the task's demonstrations (train split)
     c.sft_data = ml_collections.ConfigDict({"num_prompts": 64 if quick else 2048})
-    c.sft = _stage(sft_cfg.base_config("sft", {"tiny": False, "loss": "sft"}), steps=3 if quick else 60,
+    c.sft = _stage(base_config("sft", {"tiny": False, "loss": "sft"}), steps=3 if quick else 60,
                    batch=16 if quick else 64, lr=1e-3, warmup=1 if quick else 6, task=task,
                    max_prompt_len=24, max_len=48)
 

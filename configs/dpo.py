@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from alignment.config_files import sibling
+from alignment.engine.config import base_config, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    sft = sibling(__file__, "sft")
-    args = sft.parse_arg(arg, {"tiny": False, "loss": "dpo", "reference": "in_step"})
-    config = sft.base_config("preference", args)
+    args = parse_arg(arg, {"tiny": False, "loss": "dpo", "reference": "in_step"})
+    config = base_config("preference", args)
     config.reference.mode = str(args["reference"])
     if not args["tiny"]:
         config.optim.learning_rate = 5e-7  # the DPO paper's range is 5e-7..1e-6

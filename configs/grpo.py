@@ -18,19 +18,19 @@ from __future__ import annotations
 
 import ml_collections
 
-from alignment.config_files import sibling
+from alignment.engine.config import parse_arg
+from alignment.learners.online_config import online_config
 
 VARIANTS = ("grpo", "rloo", "dr_grpo", "dapo", "gspo")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    ppo = sibling(__file__, "ppo")
-    args = sibling(__file__, "sft").parse_arg(
+    args = parse_arg(
         arg, {"tiny": False, "task": "sorting", "variant": "grpo"})
     variant = str(args["variant"])
     if variant not in VARIANTS:
         raise ValueError(f"configs/grpo.py: variant={variant!r} is not one of {VARIANTS}")
-    c = ppo.online_config("grpo", args, "rloo" if variant == "rloo" else "grpo")
+    c = online_config("grpo", args, "rloo" if variant == "rloo" else "grpo")
     c.online.kl_coef = 0.0
     c.online.advantage = "group"
     k = c.loss_kwargs

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import ml_collections
 
-from alignment.config_files import sibling
+from alignment.engine.config import parse_arg
+from alignment.learners.online_config import online_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    ppo = sibling(__file__, "ppo")
-    args = sibling(__file__, "sft").parse_arg(
+    args = parse_arg(
         arg, {"tiny": False, "task": "sorting", "loss": "dpo", "label": "reward"})
-    c = ppo.online_config("online_dpo", args, str(args["loss"]))
+    c = online_config("online_dpo", args, str(args["loss"]))
     c.online.label = str(args["label"])
     c.online.num_prompts = 8 if args["tiny"] else 64
     c.online.group_size = 4 if args["tiny"] else 8

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import ml_collections
 
-from alignment.config_files import sibling
+from alignment import tasks
+from alignment.engine.config import base_config, parse_arg
 
 
 def parse_task_arg(arg: str | None, allowed: dict[str, object]) -> tuple[str, dict[str, object]]:
     """'sentiment,tiny' -> ('sentiment', {'tiny': True, ...}): the one bare word that is not a
     flag of `allowed` names the task."""
-    sft = sibling(__file__, "sft")
-    from alignment import tasks
     parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
     names = [p for p in parts if "=" not in p and p not in allowed]
     if len(names) > 1:
@@ -28,11 +27,10 @@ def parse_task_arg(arg: str | None, allowed: dict[str, object]) -> tuple[str, di
     if task not in tasks.available():
         raise ValueError(f"unknown task {task!r} in config argument {arg!r}; valid tasks: "
                          f"{', '.join(tasks.available())}")
-    return task, sft.parse_arg(",".join(p for p in parts if p not in names), allowed)
+    return task, parse_arg(",".join(p for p in parts if p not in names), allowed)
 
 
 def pretrain_config(task: str, tiny: bool) -> ml_collections.ConfigDict:
-    sft = sibling(__file__, "sft")
     c = ml_collections.ConfigDict()
     c.task = task
     c.task_kwargs = ""  # JSON object of the task's knobs, e.g. '{"num_ops": [2, 3]}'
@@ -50,7 +48,7 @@ def pretrain_config(task: str, tiny: bool) -> ml_collections.ConfigDict:
         "tie_embeddings": False,
         "vocab_multiple": 64,  # the embedding has the tokenizer's ids rounded up to a multiple of this
     })
-    t = sft.base_config("sft", {"tiny": False, "loss": "sft"})
+    t = base_config("sft", {"tiny": False, "loss": "sft"})
     t.num_train_steps = 6 if tiny else 400
     t.global_batch_size = 16 if tiny else 64
     t.checkpoint_every_steps = t.num_train_steps

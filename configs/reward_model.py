@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import ml_collections
 
-from alignment.config_files import sibling
+from alignment.engine.config import base_config, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    sft = sibling(__file__, "sft")
-    args = sft.parse_arg(arg, {"tiny": False, "loss": "bradley_terry", "task": "sentiment",
+    args = parse_arg(arg, {"tiny": False, "loss": "bradley_terry", "task": "sentiment",
                                "label_temperature": 0.0})
-    config = sft.base_config("preference", args)  # the data are preference pairs
+    config = base_config("preference", args)  # the data are preference pairs
     config.kind = "reward_model"
     config.task = str(args["task"]) if args["tiny"] else ""
     if args["tiny"]:

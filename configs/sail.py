@@ -1,5 +1,5 @@
 """SAIL (Ding et al., 2024): online DPO on pairs sampled from the current policy, with the extra
-score-function gradient term (loss `sail`, methods.md section 4).
+score-function gradient term (loss `sail`, docs/methods.md section 4).
 
     python -m experiments.train --config configs/sail.py:tiny --workdir /tmp/sail
     python -m experiments.train --config configs/sail.py:tiny,variant=pp --workdir /tmp/sail_pp
@@ -23,18 +23,18 @@ from __future__ import annotations
 
 import ml_collections
 
-from alignment.config_files import sibling
+from alignment.engine.config import parse_arg
+from alignment.learners.online_config import online_config
 
 VARIANTS = ("pr", "pp", "mix")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    ppo = sibling(__file__, "ppo")
-    args = sibling(__file__, "sft").parse_arg(arg, {"tiny": False, "task": "sorting", "variant": "pr"})
+    args = parse_arg(arg, {"tiny": False, "task": "sorting", "variant": "pr"})
     variant = str(args["variant"])
     if variant not in VARIANTS:
         raise ValueError(f"configs/sail.py: variant={variant!r} is not one of {VARIANTS}")
-    c = ppo.online_config("sail", args, "sail")
+    c = online_config("sail", args, "sail")
     c.online.label = "implicit" if variant == "pp" else "reward"
     if variant == "mix":
         c.online.offline_fraction = 0.4

@@ -1,5 +1,6 @@
 """SEFT (self-evolution fine-tuning): SFT policy -> revise-or-keep reviser -> rounds of
-sample on unlabeled prompts / revise / SFT. See `alignment/learners/seft.py`.
+sample on unlabeled prompts / revise / SFT. Pipeline: `experiments/pipelines/seft.py`; the
+pieces: `alignment/learners/seft.py`.
 
     python -m experiments.train --config configs/seft.py:tiny --workdir /tmp/seft
     python -m experiments.train --config configs/seft.py:tiny,label_format=keep_token,filter=changed --workdir DIR
@@ -12,33 +13,39 @@ sorting), `label_format=full|keep_token` (the reviser's target for a draft that 
 the draft copied in full, or `reviser.keep_marker`), `filter=none|changed|oracle_not_worse`
 (which revisions a round trains on; `oracle_not_worse` reads the gold reward: an ablation),
 `pairs=both|samples|corruptions` (where the reviser's ranked pairs come from).
+
+`stage` is the engine config every SEFT stage trains with (the policy's SFT stage, the reviser,
+each round: kind `sft`); the pipeline sets each stage's steps, learning rate, lengths, starting
+weights and data (`seft.*_steps`, `reviser.steps`, ...). `seed`, `task`, `tokenizer` are shared.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from alignment.config_files import sibling
+from alignment.engine.config import base_config, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    sft = sibling(__file__, "sft")
-    args = sft.parse_arg(arg, {"tiny": False, "task": "sorting", "label_format": "full", "filter": "none",
-                               "pairs": "both"})
+    args = parse_arg(arg, {"tiny": False, "task": "sorting", "label_format": "full", "filter": "none",
+                           "pairs": "both"})
     tiny = bool(args["tiny"])
-    c = sft.base_config("sft", {"tiny": tiny, "loss": "sft"})  # engine settings shared by every stage
+    c = ml_collections.ConfigDict()
     c.kind = "seft"
+    c.seed = 0
     c.task = str(args["task"])
+    c.tokenizer = "tiny" if tiny else ""
+    # the SFT policy's HF folder when seft.sft_steps == 0; else the weights the SFT stage starts
+    # from ("" = a fresh model.preset)
+    c.init_from = ""
     # knobs of the task (alignment.tasks.get_task(task, **task_options)): sorting of 3-5 distinct
     # digits, where a tiny character model learns the task and a reviser has errors left to fix
     c.task_options = ml_collections.ConfigDict(
         {"length": (3, 5), "value_range": (0, 9)} if c.task == "sorting" else {})
-    c.tensorboard = False
-    c.progress_bar = False
     c.seft = ml_collections.ConfigDict({
         "num_labeled": 64 if tiny else 2048,  # train prompts with a demonstration (SFT stage, reviser pairs)
         "num_unlabeled": 64 if tiny else 8192,  # further train prompts, never shown with a demonstration
-        # SFT of model.init_from ("" = fresh preset) on the labeled demonstrations; 0 = model.init_from
+        # SFT of init_from ("" = fresh preset) on the labeled demonstrations; 0 = init_from
         # already is the SFT policy
         "sft_steps": 40 if tiny else 0,
         "sft_learning_rate": 3e-3 if tiny else 1e-5,
@@ -71,11 +78,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "max_len": 96 if tiny else 1536,
         "max_new_tokens": 16 if tiny else 256,  # greedy revision
     })
-    c.data.max_prompt_len = 24 if tiny else 512
-    c.data.max_len = 48 if tiny else 768
+    # the engine settings of every stage (SFT on plain-text jsonl rows)
+    t = base_config("sft", {"tiny": tiny, "loss": "sft"})
+    t.seed = c.get_ref("seed")
+    t.data.seed = c.get_ref("seed")
+    t.tokenizer = c.get_ref("tokenizer")
+    t.tensorboard = False
+    t.progress_bar = False
+    t.keep_checkpoints = 1
+    t.checkpoint_async = False
+    t.eval_every_steps = 0
+    t.export_hf = True  # a stage's export is what the next stage reads
+    t.data.source, t.data.format = "jsonl", "plain"
+    t.data.max_prompt_len = 24 if tiny else 512  # the policy's stages; the reviser has its own
+    t.data.max_len = 48 if tiny else 768
     if tiny:
-        c.global_batch_size = 16
-        c.model.logprob_chunk_size = 64
-        c.optim.warmup_steps = 4
+        t.global_batch_size = 16
+        t.model.logprob_chunk_size = 64
+        t.optim.warmup_steps = 4  # at most; a stage of n steps warms up for max(1, min(n // 10, this))
+    c.stage = t
     c.lock()
     return c

@@ -1,5 +1,5 @@
 """Self-Rewarding PPO: reward = sum_t log pi_sft(y_t) - log pi_base(y_t), given at EOS, then PPO
-with GAE from pi_sft and an optional KL penalty to pi_sft (methods.md section 4).
+with GAE from pi_sft and an optional KL penalty to pi_sft (docs/methods.md section 4).
 
     python -m experiments.train --config configs/sr_ppo.py:tiny --workdir /tmp/sr_ppo
     python -m experiments.train --config configs/sr_ppo.py --workdir DIR \
@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import ml_collections
 
-from alignment.config_files import sibling
+from alignment.engine.config import parse_arg
+from alignment.learners.online_config import online_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    ppo = sibling(__file__, "ppo")
-    args = sibling(__file__, "sft").parse_arg(arg, {"tiny": False, "task": "sorting"})
-    c = ppo.online_config("sr_ppo", args, "ppo")
+    args = parse_arg(arg, {"tiny": False, "task": "sorting"})
+    c = online_config("sr_ppo", args, "ppo")
     c.reward.kind = "log_ratio"
     c.online.kl_coef = 0.05  # KL to pi_sft (the reference) in the reward; 0 turns it off
     c.loss_kwargs.vf_coef = 0.1

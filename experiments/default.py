@@ -5,10 +5,10 @@
 Stages (each reused when its output exists, so re-running is fast):
   1. base      `alignment.pretrain.build_base(config.pretrain)`: the shipped base when the config
                matches it, else the cache, else trained (BPE tokenizer + ~1M-parameter LM).
-  2. sft       WORKDIR/sft: `alignment.train.train` (kind "sft") on the task's demonstrations.
+  2. sft       WORKDIR/sft: `alignment.learners.run` (kind "sft") on the task's demonstrations.
   3. pairs     WORKDIR/pairs/train.jsonl: `samples_per_prompt` samples of the SFT policy for each
                train prompt, scored by the task's gold reward; best vs worst makes a pair.
-  4. dpo       WORKDIR/dpo: `alignment.train.train` (kind "preference", DPO, SFT as reference).
+  4. dpo       WORKDIR/dpo: `alignment.learners.run` (kind "preference", DPO, SFT as reference).
   5. evaluate  `alignment.evaluation.evaluate_policy` on held-out prompts: SFT against itself
                (before: win rate 1/2, KL 0) and DPO against SFT (after).
 Writes WORKDIR/summary.json ({"before": {...}, "after": {...}, ...}), WORKDIR/eval_{before,after}.json,
@@ -27,6 +27,15 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from alignment import data as data_lib
+from alignment import evaluation, pretrain, tasks
+from alignment.cli import setup_logging
+from alignment.engine.config import check_cli_overrides, load_file
+from alignment.evaluation import markdown_table, write_json
+from alignment.learners import pairs as pairs_lib
+from alignment.tokenizer import Tokenizer
+from experiments.pipelines import stages
+
 _CONFIG_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _CONFIG_PATH, "configs/default.py[:quick]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "output directory")
@@ -39,7 +48,6 @@ SUMMARY_KEYS = ("gold_reward", "gold_reward_stderr", "win_rate", "kl", "kl_stder
 
 
 def _write_json(obj, path):
-    from alignment.evaluation import write_json
     return write_json(obj, path)
 
 
@@ -59,9 +67,6 @@ def _check_workdir(config, workdir: str) -> None:
 
 
 def _sample_pairs(config, task, tokenizer, sft_hf: str, out_dir: str) -> dict:
-    from alignment import data as data_lib
-    from alignment.learners import pairs as pairs_lib
-    from alignment.learners import stages
     path = os.path.join(out_dir, "train.jsonl")
     stats_path = os.path.join(out_dir, "stats.json")
     if os.path.isfile(path) and os.path.isfile(stats_path):
@@ -92,7 +97,6 @@ def _sample_pairs(config, task, tokenizer, sft_hf: str, out_dir: str) -> dict:
 
 
 def _evaluate(config, task, tokenizer, policy_hf: str, reference_hf: str, path: str) -> dict:
-    from alignment.learners import stages
     e = config.eval
     return stages.evaluate(policy_hf, reference_hf, tokenizer, task, path=path, num_prompts=e.num_prompts,
                            samples_per_prompt=e.samples_per_prompt, max_new_tokens=e.max_new_tokens,
@@ -101,9 +105,6 @@ def _evaluate(config, task, tokenizer, policy_hf: str, reference_hf: str, path: 
 
 def run(config, workdir: str) -> dict:
     """Runs (or finishes) the default experiment in `workdir`; returns the summary."""
-    from alignment import evaluation, pretrain, tasks
-    from alignment.learners import stages
-    from alignment.tokenizer import Tokenizer
     if config.task not in tasks.available():
         raise ValueError(f"config.task={config.task!r} is not an embedded task; valid: {tasks.available()}")
     if config.pretrain.task != config.task:
@@ -171,22 +172,16 @@ def run(config, workdir: str) -> dict:
 
 
 def _load_config_file():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("_alignment_configs_default", _CONFIG_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(_CONFIG_PATH)
 
 
 def table(summary) -> str:
-    from alignment.evaluation import markdown_table
     return markdown_table({"before (SFT)": summary["before"], "after (DPO)": summary["after"]})
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from alignment.cli import setup_logging
     setup_logging()
     config = _CONFIG.value
     if _QUICK.value:  # shorthand for --config configs/default.py:quick
@@ -197,9 +192,7 @@ def main(argv):
         config = default_cfg.get_config("quick")
     if _SEED.value is not None:
         config = config.copy_and_resolve_references()
-        config.unlock()
         config.seed = _SEED.value
-        config.lock()
     t0 = time.perf_counter()
     summary = run(config, _WORKDIR.value)
     print(f"\n{config.task}, seed {config.seed}: {summary['pairs']['pairs']} DPO pairs, "
@@ -209,4 +202,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    try:
+        check_cli_overrides(sys.argv, default=_CONFIG_PATH)
+    except KeyError as e:
+        sys.exit(f"FATAL Flags parsing error: {e.args[0]}")
     sys.exit(app.run(main))

@@ -19,6 +19,7 @@ from ml_collections import config_flags
 
 from alignment import pretrain
 from alignment.cli import setup_logging
+from alignment.engine.config import check_cli_overrides
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/pretrain.py[:task]", lock_config=True)
 _EXPORT = flags.DEFINE_string("export", "", "also copy the base folder here (replacing it)")
@@ -41,4 +42,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    try:
+        check_cli_overrides(sys.argv)
+    except KeyError as e:
+        sys.exit(f"FATAL Flags parsing error: {e.args[0]}")
     sys.exit(app.run(main))

@@ -7,13 +7,15 @@ import pathlib
 
 import pytest
 
-from alignment import config_files
+from alignment import learners, pretrain
+from alignment.engine.config import get_config
+from alignment.evaluation import harness
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(arg="quick", **overrides):
-    return config_files.get_config(REPO / "configs" / "default.py", arg, overrides)
+    return get_config(REPO / "configs" / "default.py", arg, overrides)
 
 
 _MODULES = {}
@@ -60,13 +62,11 @@ def test_quick_default_experiment_writes_the_summary_contract(quick_run):
 
 
 def test_rerun_reuses_every_stage(quick_run, monkeypatch):
-    from alignment import train as train_lib
-    from alignment.evaluation import harness
     workdir, summary = quick_run
 
     def refuse(*args, **kwargs):
         raise AssertionError("a finished stage ran again")
-    monkeypatch.setattr(train_lib, "train", refuse)
+    monkeypatch.setattr(learners, "run", refuse)
     monkeypatch.setattr(harness, "generate_all", refuse)
     monkeypatch.setattr(harness, "evaluate_policy", refuse)
     again = _experiment().run(_config(), str(workdir))
@@ -101,7 +101,6 @@ def test_workdir_of_another_config_is_refused(quick_run):
     ("pairs.num_prompts", "pairs.num_prompts=0"),
 ])
 def test_empty_prompt_sets_fail_before_training(key, match, tmp_path, monkeypatch):
-    from alignment import pretrain
     monkeypatch.setattr(pretrain, "build_base", lambda *a, **k: pytest.fail("built a base"))
     with pytest.raises(ValueError, match=match):
         _experiment().run(_config(**{key: 0}), str(tmp_path))

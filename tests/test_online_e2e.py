@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from alignment import config_files
+from alignment.engine import config as config_files
 
 from alignment import engine, learners
 from alignment.learners import rollout

@@ -5,6 +5,7 @@ import json
 import math
 import os
 
+from alignment.engine.config import get_config
 from experiments.reproduce import common, online_gains, sr_ppo
 from experiments.reproduce.sail import REPO as shared_repo
 
@@ -40,10 +41,9 @@ def test_every_learner_has_a_config_and_the_pairwise_ones_train_on_all_pairs():
 
 
 def test_every_method_builds_its_config_with_the_checks_overrides():
-    from alignment import config_files
     s = online_gains.settings_for(False)
     for m, (name, arg, _) in online_gains.METHODS.items():
-        c = config_files.get_config(os.path.join(shared_repo, "configs", f"{name}.py"), arg,
+        c = get_config(os.path.join(shared_repo, "configs", f"{name}.py"), arg,
                                     online_gains.overrides(m, sft_hf="/sft", base="/base", s=s))
         assert c.task == "sentiment" and c.online.task == "sentiment" and c.tokenizer == "/sft", m
         assert c.reward.kind == ("log_ratio" if name == "sr_ppo" else "task"), m

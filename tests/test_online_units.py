@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from alignment import config_files
+from alignment.engine import config as config_files
 
 from alignment import losses, models, optim, rewards, sharding, tasks
 from alignment import engine as T

@@ -93,9 +93,9 @@ def test_margin_filter():
 def test_mask_excludes_entries():
     rewards = np.array([[5.0, 1.0, 9.0, 0.0], [3.0, 2.0, np.nan, 7.0]])
     mask = np.array([[True, True, False, True], [True, True, False, False]])
-    p = pairs_lib.make_pairs(rewards, strategy="best_vs_worst", mask_GxK=mask)
+    p = pairs_lib.make_pairs(rewards, strategy="best_vs_worst", mask=mask)
     assert _as_set(p) == {(0, 0, 3), (1, 0, 1)}
-    single = pairs_lib.make_pairs(rewards, strategy="tournament", mask_GxK=np.eye(2, 4, dtype=bool))
+    single = pairs_lib.make_pairs(rewards, strategy="tournament", mask=np.eye(2, 4, dtype=bool))
     assert len(single) == 0 and single.num_groups_without_pair == 2
 
 
@@ -112,7 +112,7 @@ def test_deterministic_for_a_seed(strategy):
 
 
 def test_bad_input_errors_name_the_problem():
-    with pytest.raises(ValueError, match=r"rewards_GxK\[1, 2\]"):
+    with pytest.raises(ValueError, match=r"rewards\[1, 2\]"):
         pairs_lib.make_pairs(np.array([[0.0, 1.0, 2.0], [0.0, 1.0, np.nan]]), strategy="random")
     with pytest.raises(ValueError, match="unknown pairing strategy"):
         pairs_lib.make_pairs(np.zeros((1, 2)), strategy="swiss")
@@ -120,5 +120,5 @@ def test_bad_input_errors_name_the_problem():
         pairs_lib.make_pairs(np.zeros(4), strategy="random")
     with pytest.raises(ValueError, match="margin"):
         pairs_lib.make_pairs(np.zeros((1, 2)), strategy="random", margin=-1.0)
-    with pytest.raises(ValueError, match="mask_GxK shape"):
-        pairs_lib.make_pairs(np.zeros((1, 2)), strategy="random", mask_GxK=np.ones((1, 3), bool))
+    with pytest.raises(ValueError, match="mask shape"):
+        pairs_lib.make_pairs(np.zeros((1, 2)), strategy="random", mask=np.ones((1, 3), bool))

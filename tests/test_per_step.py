@@ -11,8 +11,13 @@ import os
 import numpy as np
 import pytest
 
-from alignment import advantages, config_files, tasks
+from alignment import advantages, learners, tasks
+from alignment.engine.config import get_config
 from alignment.learners import per_step
+from alignment.tasks import arithmetic
+from alignment.tokenizer import tiny_tokenizer
+from experiments.pipelines import per_step as pipeline
+from experiments.reproduce import per_step as repro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "per_step.py")
@@ -104,8 +109,8 @@ def test_step_values_recover_known_values_and_the_first_error():
     (sv,) = per_step.estimate_step_values(TASK, [PROMPT], [WRONG_STEP2], counted, k=k)
     q = lambda c: 1 - math.comb(m - c, k) / math.comb(m, k)  # noqa: E731
     np.testing.assert_allclose(sv.q0, q(3), atol=1e-6)
-    np.testing.assert_allclose(sv.q_S, [q(2), q(1), 0.0], atol=1e-6)  # the last step: the response's own verdict
-    np.testing.assert_allclose(sv.advantages_S, np.diff([q(3), q(2), q(1), 0.0]), atol=1e-6)
+    np.testing.assert_allclose(sv.q, [q(2), q(1), 0.0], atol=1e-6)  # the last step: the response's own verdict
+    np.testing.assert_allclose(sv.advantages, np.diff([q(3), q(2), q(1), 0.0]), atol=1e-6)
     assert sv.critical == 2 and sv.has_pit
     # two negatives of one problem share the bare prompt's rollouts (and identical prefixes)
     calls.clear()
@@ -128,7 +133,6 @@ def _samples():
              ["9-1=8\n8-3=5\nanswer: 5", "9-1=8\n8-3=5\nanswer: 5"],      # all correct
              ["1+1=3\n3+1=4\nanswer: 4", ""]]                  # a never-solvable negative, an empty one
     correct = [[TASK.verify(p, t) for t in row] for p, row in zip(prompts, texts)]
-    from alignment.tasks import arithmetic
     demos = ["\n".join(arithmetic.parse_problem(p).solution_steps()) for p in prompts]
     return per_step.SampleSet(prompts, texts, correct, demos)
 
@@ -180,37 +184,43 @@ def test_naive_pairs_keep_whole_responses_and_rft_keeps_correct_samples():
 
 
 def test_data_path_trains_a_rejected_prefix_without_eos():
-    from alignment.tokenizer import tiny_tokenizer
     assert per_step.prefix_eos_supported(tiny_tokenizer())
 
 
 # ----------------------------------------------------------------------------- end to end
 
 def test_config_refuses_bad_settings():
-    c = config_files.get_config(CONFIG, "tiny")
+    c = get_config(CONFIG, "tiny")
     assert c.kind == "per_step" and c.per_step.method == "per_step" and c.per_step.k == 5
+    # each stage is an engine config declared in the config file; seed and tokenizer are shared
+    assert (c.sft.kind, c.rft.kind, c.preference.kind) == ("sft", "sft", "preference")
+    c2 = get_config(CONFIG, "tiny", {"seed": 3, "preference.num_train_steps": 5})
+    assert c2.sft.seed == c2.preference.data.seed == 3 and c2.rft.num_train_steps == 5
     for key, value, match in (("per_step.method", "dpo", "method"), ("per_step.k", 6, "k=6 exceeds"),
                               ("per_step.chosen", "best", "chosen")):
-        bad = config_files.get_config(CONFIG, "tiny", {key: value})
+        bad = get_config(CONFIG, "tiny", {key: value})
         with pytest.raises(ValueError, match=match):
-            per_step.check_per_step_config(bad)
+            pipeline.check_per_step_config(bad)
+        with pytest.raises(ValueError, match=match):
+            learners.validate(bad)
 
 
 def test_tiny_config_end_to_end(tmp_path, monkeypatch):
-    """configs/per_step.py:tiny (shortened) through `train`: SFT stage, samples, step values
+    """configs/per_step.py:tiny (shortened) through `learners.run`: SFT stage, samples, step values
     (oracle rollouts: the tiny SFT policy is too weak to give pits reliably), pairs, DPO."""
-    from alignment import train as train_lib
     monkeypatch.setattr(per_step, "policy_rollout_fn", lambda *a, rollouts, **kw: _oracle(0.9, rollouts))
-    c = config_files.get_config(CONFIG, "tiny", {
+    c = get_config(CONFIG, "tiny", {
         "per_step.sft_steps": 4, "per_step.num_problems": 6, "per_step.samples_per_problem": 2,
         "per_step.max_new_tokens": 24, "per_step.rollouts": 8, "per_step.chosen": "demonstration",
-        "num_train_steps": 2, "checkpoint_every_steps": 2, "global_batch_size": 8, "progress_bar": False})
-    train_lib.train(c, str(tmp_path))
-    stats = json.load(open(tmp_path / per_step.STATS_FILE))
+        "sft.checkpoint_every_steps": 2, "sft.progress_bar": False,
+        "preference.num_train_steps": 2, "preference.checkpoint_every_steps": 2, "preference.optim.warmup_steps": 1,
+        "preference.global_batch_size": 8, "preference.progress_bar": False})
+    learners.run(c, str(tmp_path))
+    stats = json.load(open(tmp_path / pipeline.STATS_FILE))
     assert stats["method"] == "per_step" and stats["problems"] == 6
     assert stats["negatives"] == stats["pairs"] + stats["dropped_negatives_no_pit"] + \
         stats["dropped_negatives_no_steps"] + stats["dropped_negatives_identical"]
-    rows = [json.loads(x) for x in open(tmp_path / per_step.DATA_DIR / "train.jsonl")]
+    rows = [json.loads(x) for x in open(tmp_path / pipeline.DATA_DIR / "train.jsonl")]
     assert len(rows) == stats["pairs"] > 0
     for r in rows:
         # the prefix through step c (0-based) holds c newlines and none after it
@@ -227,7 +237,6 @@ def test_tiny_config_end_to_end(tmp_path, monkeypatch):
 
 
 def test_reproduction_quick(tmp_path):
-    from experiments.reproduce import per_step as repro
     out = repro.main(["--quick", "--seeds", "1", "--out", str(tmp_path)])
     on_disk = json.load(open(tmp_path / "results.json"))
     for key in ("name", "paper", "claim", "supported", "verdict", "rows", "settings", "quick", "wall_clock_s"):

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from alignment import config_files
-from alignment.learners import stages
+from alignment.engine.config import override
+from experiments.pipelines import stages
 from experiments.reproduce import common
 
 
@@ -55,6 +55,6 @@ def test_with_data_and_run_stage_checks(tmp_path):
     filled = stages.with_data(c, data_dir=str(tmp_path), seed=7, tokenizer="tiny", init_from="")
     assert (filled.seed, filled.data.seed, filled.data.source) == (7, 7, "jsonl")
     assert filled.data.files.train == str(tmp_path / "train.jsonl")
-    no_export = config_files.override(c, {"export_hf": False})
+    no_export = override(c, {"export_hf": False})
     with pytest.raises(ValueError, match="export_hf must be True"):
         stages.run_stage(no_export, str(tmp_path / "w"))

@@ -9,6 +9,10 @@ import os
 import numpy as np
 import pytest
 
+from alignment import metrics as metrics_lib
+from alignment import tasks
+from experiments.reproduce import common, rpo, rso
+
 CONTRACT_KEYS = {"name", "paper", "claim", "supported", "verdict", "rows", "settings", "quick", "seeds",
                  "wall_clock_s", "plots", "command"}
 
@@ -39,8 +43,6 @@ def _check_contract(result, out, name, methods, seeds=(0,)):
 # ----------------------------------------------------------------------------- rpo
 
 def test_length_proxy_is_gold_plus_weighted_word_count():
-    from alignment import tasks
-    from experiments.reproduce import rpo
     task = tasks.get_task("sentiment")
     prompts = ["the movie was", "the food was", "the book was"]
     responses = [" wonderful.", " awful, and i regret going.", " long, and then we went home."]
@@ -58,7 +60,6 @@ def test_length_proxy_is_gold_plus_weighted_word_count():
 
 
 def test_best_worst_pairs_picks_extremes_and_drops_ties_and_empties():
-    from experiments.reproduce import rpo
     prompts = ["p0", "p1", "p2"]
     texts = ["a", "b", "c", "same", "same", "same", "", "x", "y"]
     scores = [0.1, 0.9, -0.5, 1.0, 1.0, 1.0, 5.0, 0.2, 0.3]
@@ -72,7 +73,6 @@ def test_best_worst_pairs_picks_extremes_and_drops_ties_and_empties():
 
 
 def test_rpo_decision_rule():
-    from experiments.reproduce import common, rpo
     falls, holds = common.stats([-3.0, -2.5, -3.5]), common.stats([0.5, 0.2, 0.4])
     assert rpo.decide(falls, holds)[0]
     assert not rpo.decide(common.stats([-0.1, 0.4, -0.5]), holds)[0]  # DPO's change not clearly < 0
@@ -83,13 +83,11 @@ def test_rpo_decision_rule():
 
 @pytest.fixture(scope="module")
 def rpo_quick(tmp_path_factory):
-    from experiments.reproduce import rpo
     out = str(tmp_path_factory.mktemp("rpo_quick"))
     return out, rpo.main(["--quick", "--seeds", "1", "--out", out])
 
 
 def test_rpo_quick_runs_end_to_end(rpo_quick):
-    from alignment import metrics as metrics_lib
     out, result = rpo_quick
     rows = _check_contract(result, out, "rpo", ["SFT", "DPO", "RPO"])
     for m in ("DPO", "RPO"):
@@ -108,7 +106,6 @@ def test_rpo_quick_runs_end_to_end(rpo_quick):
 
 
 def test_rpo_rerun_reuses_every_stage(rpo_quick):
-    from experiments.reproduce import rpo
     out, result = rpo_quick
     stamp = os.path.getmtime(os.path.join(out, "runs", "seed0", "dpo", "hf", "config.json"))
     again = rpo.main(["--quick", "--seeds", "1", "--out", out])
@@ -119,7 +116,6 @@ def test_rpo_rerun_reuses_every_stage(rpo_quick):
 # ----------------------------------------------------------------------------- rso
 
 def test_best_is_interior():
-    from experiments.reproduce import rso
     assert rso.best_is_interior([(0.1, 0.5), (0.5, 0.7), (2.5, 0.6), (math.inf, 0.55)])
     assert not rso.best_is_interior([(0.1, 0.8), (0.5, 0.7), (math.inf, 0.55)])  # smallest beta best
     assert not rso.best_is_interior([(0.1, 0.5), (0.5, 0.6), (math.inf, 0.6)])  # tie with the end
@@ -127,7 +123,6 @@ def test_best_is_interior():
 
 
 def test_rso_decision_rule():
-    from experiments.reproduce import common, rso
     s = common.stats
     win = {"RSO": s([0.70, 0.72, 0.71]), "DPO": s([0.60, 0.62, 0.61]),
            "RSO-hinge": s([0.66, 0.67, 0.65]), "SLiC": s([0.58, 0.60, 0.59])}
@@ -142,7 +137,6 @@ def test_rso_decision_rule():
 
 
 def test_rso_quick_runs_end_to_end(tmp_path):
-    from experiments.reproduce import rso
     out = str(tmp_path / "rso_quick")
     result = rso.main(["--quick", "--seeds", "1", "--out", out])
     rows = _check_contract(result, out, "rso", ["SFT", "DPO", "RSO"])  # quick: no hinge pair

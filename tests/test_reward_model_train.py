@@ -13,7 +13,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from alignment import config_files
+from alignment.engine import config as config_files
 
 from alignment import rewards, tasks
 from alignment import learners

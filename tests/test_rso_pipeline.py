@@ -1,5 +1,6 @@
-"""configs/rso.py end to end through `alignment.train.train` (SFT stage -> sample -> score ->
-rejection-sample -> pair -> preference training), tiny sizes, in-process."""
+"""configs/rso.py end to end through `alignment.learners.run` and the pipeline registered by
+`experiments.pipelines` (SFT stage -> sample -> score -> rejection-sample -> pair -> preference
+training), tiny sizes, in-process."""
 
 import json
 import os
@@ -8,19 +9,24 @@ import pathlib
 import numpy as np
 import pytest
 
-from alignment import config_files
+from alignment import learners, rewards, tasks
+from alignment import metrics as metrics_lib
+from alignment.engine.config import get_config
+from experiments.pipelines import rso
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(arg="tiny", **updates):
-    return config_files.get_config(REPO / "configs" / "rso.py", arg, updates)
+    return get_config(REPO / "configs" / "rso.py", arg, updates)
 
 
 SMALL = {"rso.sft_steps": 2, "rso.sft_examples": 32, "rso.num_prompts": 8, "rso.num_eval_prompts": 2,
-         "rso.num_samples": 6, "rso.num_accepted": 4, "rso.max_new_tokens": 16, "num_train_steps": 4,
-         "checkpoint_every_steps": 4, "eval_every_steps": 4, "eval_batches": 1, "global_batch_size": 8,
-         "tensorboard": False, "progress_bar": False}
+         "rso.num_samples": 6, "rso.num_accepted": 4, "rso.max_new_tokens": 16,
+         "sft.optim.warmup_steps": 1, "sft.tensorboard": False, "sft.progress_bar": False,
+         "preference.num_train_steps": 4, "preference.checkpoint_every_steps": 4,
+         "preference.eval_every_steps": 4, "preference.eval_batches": 1, "preference.global_batch_size": 8,
+         "preference.tensorboard": False, "preference.progress_bar": False}
 
 
 def _length_reward(inputs):
@@ -31,22 +37,18 @@ def _length_reward(inputs):
 
 @pytest.fixture(scope="module")
 def rso_run(tmp_path_factory):
-    from alignment import rewards
-    from alignment import train as train_lib
     mp = pytest.MonkeyPatch()
     mp.setattr(rewards, "make_reward", lambda cfg, **kw: rewards.checked(_length_reward, "length"))
     workdir = tmp_path_factory.mktemp("rso")
     config = _config(**SMALL)
     try:
-        train_lib.train(config, str(workdir))
+        learners.run(config, str(workdir))
         yield config, workdir
     finally:
         mp.undo()
 
 
 def test_tiny_rso_runs_end_to_end_and_logs_reward_mean_and_kl(rso_run):
-    from alignment import metrics as metrics_lib
-    from alignment import tasks
     config, workdir = rso_run
     lines = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     assert [r["step"] for r in lines] == [1, 2, 3, 4]
@@ -72,21 +74,19 @@ def test_tiny_rso_runs_end_to_end_and_logs_reward_mean_and_kl(rso_run):
 
 
 def test_rerun_reuses_pairs_and_resumes(rso_run):
-    from alignment import train as train_lib
     config, workdir = rso_run
     data = os.path.join(workdir, "rso_data", "train.jsonl")
     before = (os.path.getmtime(data), open(os.path.join(workdir, "metrics.jsonl")).read())
     # no reward function is needed (nor built) when the pairs are already there
-    train_lib.train(config, str(workdir))
+    learners.run(config, str(workdir))
     assert os.path.getmtime(data) == before[0]
     assert open(os.path.join(workdir, "metrics.jsonl")).read() == before[1]
 
 
 def test_rerun_with_other_generation_settings_refuses_stale_pairs(rso_run):
-    from alignment import train as train_lib
     _, workdir = rso_run
     with pytest.raises(ValueError, match=r"other settings \(\['beta'\]"):
-        train_lib.train(_config(**{**SMALL, "rso.beta": 2.0}), str(workdir))
+        learners.run(_config(**{**SMALL, "rso.beta": 2.0}), str(workdir))
 
 
 @pytest.mark.parametrize("updates, match", [
@@ -94,18 +94,17 @@ def test_rerun_with_other_generation_settings_refuses_stale_pairs(rso_run):
     ({"rso.sampler": "best"}, "rso.sampler"),
     ({"rso.pairing": "swiss"}, "rso.pairing"),
     ({"rso.beta": 0.0}, "rso.beta"),
-    ({"rso.loss": "ipo"}, "rso.loss"),
-    ({"rso.sft_steps": 0}, "model.init_from"),
+    ({"preference.loss": "ipo"}, "preference.loss"),
+    ({"rso.sft_steps": 0}, "config.init_from"),
+    ({"rso.num_eval_prompts": 0}, "preference.eval_every_steps=0"),
     ({"rso.num_accepted": 1}, "at least 2"),
 ])
 def test_bad_config_fails_before_any_work(tmp_path, updates, match):
-    from alignment import train as train_lib
     with pytest.raises(ValueError, match=match):
-        train_lib.train(_config(**updates), str(tmp_path))
+        learners.run(_config(**updates), str(tmp_path))
     assert not os.path.exists(tmp_path / "sft")
 
 
 def test_sft_sampler_needs_no_candidate_pool():
-    from alignment.learners import rso
     c = _config("tiny,sampler=sft", **{"rso.num_samples": 2, "rso.num_accepted": 4})
     rso.check_rso_config(c)  # sampler=sft draws num_accepted plain samples: no subset to take

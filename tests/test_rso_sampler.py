@@ -31,8 +31,8 @@ def _chi2(samples, p):
 def _accepted_actions(beta, *, num_prompts=1500, num_candidates=64, num_accepted=2, seed=0):
     actions, rewards = _toy(num_prompts, num_candidates, seed)
     acc = rso.rejection_sample(rewards, num_accepted=num_accepted, beta=beta, seed=seed + 1)
-    assert acc.index_GxM.shape == (num_prompts, num_accepted)
-    return np.take_along_axis(actions, acc.index_GxM, axis=1).reshape(-1), acc
+    assert acc.index.shape == (num_prompts, num_accepted)
+    return np.take_along_axis(actions, acc.index, axis=1).reshape(-1), acc
 
 
 def test_accepted_samples_follow_pi_sft_times_exp_reward_over_beta():
@@ -47,7 +47,7 @@ def test_accepted_samples_follow_pi_sft_times_exp_reward_over_beta():
     assert _chi2(actions[:, :2].reshape(-1), target) > 10 * CHI2_4DF_P001
     # and the accepted samples fail a check against pi_sft
     assert _chi2(accepted, PI_SFT) > 10 * CHI2_4DF_P001
-    assert 0 < acc.first_round_rate < 1 and acc.rounds_G.max() <= 2
+    assert 0 < acc.first_round_rate < 1 and acc.rounds.max() <= 2
 
 
 def test_smaller_beta_tilts_further():
@@ -62,8 +62,8 @@ def test_beta_to_infinity_accepts_like_pi_sft():
     actions, rewards = _toy(200, 16, 3)
     acc = rso.rejection_sample(rewards, num_accepted=5, beta=np.inf, seed=0)
     # every candidate passes in round one; the loop keeps the first M in candidate order
-    np.testing.assert_array_equal(acc.index_GxM, np.tile(np.arange(5), (200, 1)))
-    assert acc.first_round_rate == 1.0 and np.all(acc.rounds_G == 1)
+    np.testing.assert_array_equal(acc.index, np.tile(np.arange(5), (200, 1)))
+    assert acc.first_round_rate == 1.0 and np.all(acc.rounds == 1)
     accepted, _ = _accepted_actions(1e6)
     assert _chi2(accepted, PI_SFT) < CHI2_4DF_P001
 
@@ -72,32 +72,32 @@ def test_beta_to_zero_picks_the_argmax_then_the_next_best():
     rng = np.random.default_rng(0)
     rewards = rng.normal(size=(50, 10))
     acc = rso.rejection_sample(rewards, num_accepted=3, beta=1e-9, seed=0)
-    np.testing.assert_array_equal(acc.index_GxM, np.argsort(-rewards, axis=1)[:, :3])
-    assert np.all(acc.rounds_G == 3)
+    np.testing.assert_array_equal(acc.index, np.argsort(-rewards, axis=1)[:, :3])
+    assert np.all(acc.rounds == 3)
 
 
 def test_without_replacement_and_deterministic_for_a_seed():
     _, rewards = _toy(100, 12, 5)
     a = rso.rejection_sample(rewards, num_accepted=12, beta=0.3, seed=9)
     b = rso.rejection_sample(rewards, num_accepted=12, beta=0.3, seed=9)
-    np.testing.assert_array_equal(a.index_GxM, b.index_GxM)
+    np.testing.assert_array_equal(a.index, b.index)
     # accepting all N returns a permutation of the candidates
-    np.testing.assert_array_equal(np.sort(a.index_GxM, axis=1), np.tile(np.arange(12), (100, 1)))
+    np.testing.assert_array_equal(np.sort(a.index, axis=1), np.tile(np.arange(12), (100, 1)))
     c = rso.rejection_sample(rewards, num_accepted=4, beta=0.3, seed=10)
-    assert not np.array_equal(a.index_GxM[:, :4], c.index_GxM)
+    assert not np.array_equal(a.index[:, :4], c.index)
 
 
 def test_mask_limits_the_pool():
     rewards = np.array([[5.0, 1.0, 9.0, 0.0]])
     mask = np.array([[True, True, False, True]])
-    acc = rso.rejection_sample(rewards, num_accepted=3, beta=1e-9, mask_GxN=mask)
-    assert acc.index_GxM.tolist() == [[0, 1, 3]]
+    acc = rso.rejection_sample(rewards, num_accepted=3, beta=1e-9, mask=mask)
+    assert acc.index.tolist() == [[0, 1, 3]]
 
 
 def test_bad_input_errors():
     with pytest.raises(ValueError, match="num_accepted=5 exceeds the 4 candidate"):
         rso.rejection_sample(np.zeros((2, 4)), num_accepted=5, beta=1.0)
-    with pytest.raises(ValueError, match=r"rewards_GxN\[1, 2\].*prompt 1, candidate 2"):
+    with pytest.raises(ValueError, match=r"rewards\[1, 2\].*prompt 1, candidate 2"):
         rso.rejection_sample(np.array([[0.0, 1, 2], [0, 1, np.nan]]), num_accepted=1, beta=1.0)
     for beta in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="beta must be > 0"):

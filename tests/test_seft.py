@@ -9,8 +9,12 @@ import re
 import numpy as np
 import pytest
 
-from alignment import config_files, tasks
+from alignment import engine, learners, models, tasks
+from alignment.engine.config import get_config
 from alignment.learners import seft
+from experiments.pipelines import seft as pipeline
+from experiments.pipelines import stages
+from experiments.reproduce import seft as repro
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "seft.py")
@@ -19,7 +23,7 @@ _DRAFT = re.compile(r"\ndraft: (.*)\nrevision: $", re.S)
 
 
 def _config(arg="tiny", **overrides):
-    return config_files.get_config(CONFIG, arg, overrides)
+    return get_config(CONFIG, arg, overrides)
 
 
 def _draft(row):
@@ -107,12 +111,12 @@ def test_round_rows_keep_token_keeps_the_draft():
     ("seft.num_unlabeled", -1, "num_unlabeled")])
 def test_config_errors_name_the_key(key, value, match):
     with pytest.raises(ValueError, match=match):
-        seft.check_seft_config(_config("tiny", **{key: value}))
+        pipeline.check_seft_config(_config("tiny", **{key: value}))
 
 
 def test_split_prompts_labeled_and_unlabeled_are_disjoint_and_nested():
-    small = seft.split_prompts(_config("tiny", **{"seft.num_unlabeled": 8}), TASK)
-    big = seft.split_prompts(_config("tiny", **{"seft.num_unlabeled": 32}), TASK)
+    small = pipeline.split_prompts(_config("tiny", **{"seft.num_unlabeled": 8}), TASK)
+    big = pipeline.split_prompts(_config("tiny", **{"seft.num_unlabeled": 32}), TASK)
     assert small[0] == big[0] and big[1][:8] == small[1]  # more unlabeled prompts extend, never reshuffle
     assert not {p for p, _ in big[0]} & set(big[1])
 
@@ -123,28 +127,25 @@ def test_briefly_trained_reviser_keeps_good_inputs(tmp_path):
     decoding; an untrained model never emits the marker, so this needs the keep rows. (Telling
     good from corrupted drafts takes far longer than a test may run: the reproduction reports
     it as `kept_fraction` / `kept_when_draft_imperfect`.)"""
-    from alignment import models
-    from alignment import train as train_lib
     c = _config("tiny,label_format=keep_token,pairs=corruptions", **{
-        "seft.num_labeled": 256, "reviser.init_from": "scratch", "reviser.steps": 60, "global_batch_size": 32,
+        "seft.num_labeled": 256, "reviser.init_from": "scratch", "reviser.steps": 60, "stage.global_batch_size": 32,
         "reviser.learning_rate": 3e-3, "reviser.corruptions_per_prompt": 1, "reviser.max_new_tokens": 8})
-    hf = seft.reviser_stage(c, str(tmp_path / "reviser"), policy_hf="")
-    reviser, tok = models.from_pretrained(hf), train_lib.make_tokenizer("tiny")
+    hf = pipeline.reviser_stage(c, str(tmp_path / "reviser"), policy_hf="")
+    reviser, tok = models.from_pretrained(hf), engine.make_tokenizer("tiny")
     demos = TASK.demonstrations("test", 16, 0)
     good = [d for _, d in demos]
-    out, _ = seft.revise(reviser, tok, [p for p, _ in demos], good, cfg=c.reviser, seed=0, batch_size=16)
+    out, _ = pipeline.revise(reviser, tok, [p for p, _ in demos], good, cfg=c.reviser, seed=0, batch_size=16)
     kept = [seft.parse_revision(d, o, label_format="keep_token", keep_marker="<keep>") == (d, True)
             for d, o in zip(good, out)]
     assert np.mean(kept) >= 0.75, f"reviser kept only {np.mean(kept):.2f} of already-sorted inputs: {out}"
 
 
 def test_tiny_config_end_to_end_through_train(tmp_path):
-    from alignment import train as train_lib
     c = _config("tiny", **{"seft.num_labeled": 8, "seft.num_unlabeled": 8, "seft.sft_steps": 2,
                            "reviser.steps": 2, "seft.round_steps": 2, "seft.num_eval_prompts": 4,
                            "reviser.samples_per_prompt": 1})
-    summary = train_lib.train(c, str(tmp_path))  # dispatched through PIPELINES["seft"]
-    assert summary == seft.summary(str(tmp_path))
+    summary = learners.run(c, str(tmp_path))  # the kind experiments.pipelines registers
+    assert summary == pipeline.summary(str(tmp_path))
     assert os.path.isfile(os.path.join(summary["policy"], "config.json"))
     assert summary["policy"] == str(tmp_path / "round_1" / "hf")
     r = summary["rounds"][0]
@@ -158,23 +159,21 @@ def test_tiny_config_end_to_end_through_train(tmp_path):
     assert record["task"] == c.task and record["task_kwargs"] == json.loads(json.dumps(c.task_options.to_dict()))
 
     # external evolution: the drafts are the source model's samples (here the round-1 policy), not pi's
-    from alignment.learners import stages
     ext = _config("tiny", **{"seft.num_labeled": 8, "seft.num_unlabeled": 8, "seft.sft_steps": 0,
-                             "model.init_from": summary["sft_policy"], "reviser.path": summary["reviser"],
+                             "init_from": summary["sft_policy"], "reviser.path": summary["reviser"],
                              "seft.source_policy": summary["policy"], "seft.round_steps": 2,
                              "seft.num_eval_prompts": 0})
-    ext_summary = train_lib.train(ext, str(tmp_path / "ext"))
+    ext_summary = learners.run(ext, str(tmp_path / "ext"))
     assert ext_summary["rounds"][0]["draft_source"] == summary["policy"]
-    revisions = [json.loads(line) for line in open(tmp_path / "ext" / "round_1" / seft.REVISIONS)]
-    _, unlabeled = seft.split_prompts(ext, TASK)
-    want = stages.sample(summary["policy"], train_lib.make_tokenizer("tiny"), unlabeled, samples_per_prompt=1,
+    revisions = [json.loads(line) for line in open(tmp_path / "ext" / "round_1" / pipeline.REVISIONS)]
+    _, unlabeled = pipeline.split_prompts(ext, TASK)
+    want = stages.sample(summary["policy"], engine.make_tokenizer("tiny"), unlabeled, samples_per_prompt=1,
                          max_new_tokens=ext.seft.max_new_tokens, temperature=ext.seft.temperature,
                          seed=ext.seed * 1000 + 1, batch_size=ext.seft.batch_size).flat()
     assert [x["draft"] for x in revisions] == want
 
 
 def test_reproduction_quick_run(tmp_path):
-    from experiments.reproduce import seft as repro
     out = repro.main(["--quick", "--seeds", "1", "--out", str(tmp_path)])
     with open(tmp_path / "results.json") as f:
         saved = json.load(f)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alignment import config_files
+from alignment.engine import config as config_files
 from flax import nnx
 
 from alignment import data, losses, models, optim, sharding

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alignment import config_files
+from alignment.engine import config as config_files
 
 from alignment import losses, metrics, optim, sharding
 from alignment import engine as T

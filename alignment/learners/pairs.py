@@ -1,7 +1,7 @@
 """Preference pairs from per-sample rewards grouped by prompt (pure numpy).
 
-Input is a `rewards_GxK` array: G prompts (groups), K samples each, with an optional boolean
-`mask_GxK` for ragged groups (masked entries are never paired). Output is a `Pairs` of index
+Input is a `rewards` array [G, K]: G prompts (groups), K samples each, with an optional boolean
+`mask` [G, K] for ragged groups (masked entries are never paired). Output is a `Pairs` of index
 arrays: pair p prefers sample `chosen[p]` over `rejected[p]`, both column indices into row
 `group[p]` (flat index `group * K + column`).
 
@@ -36,7 +36,7 @@ STRATEGIES = ("best_vs_worst", "random", "tournament", "all_pairs")
 @dataclasses.dataclass(frozen=True)
 class Pairs:
     """Pair p: sample (group[p], chosen[p]) beats (group[p], rejected[p]) by `margin[p]` >= 0."""
-    group: np.ndarray      # [P] int64 row of rewards_GxK
+    group: np.ndarray      # [P] int64 row of rewards
     chosen: np.ndarray     # [P] int64 column of the preferred sample
     rejected: np.ndarray   # [P] int64 column of the other one
     margin: np.ndarray     # [P] float32 reward(chosen) - reward(rejected), > 0
@@ -48,7 +48,7 @@ class Pairs:
         return int(self.group.shape[0])
 
     def flat(self, num_samples_per_group: int) -> tuple[np.ndarray, np.ndarray]:
-        """(chosen, rejected) as flat indices `group * K + column` into `rewards_GxK.reshape(-1)`."""
+        """(chosen, rejected) as flat indices `group * K + column` into `rewards.reshape(-1)`."""
         k = int(num_samples_per_group)
         return self.group * k + self.chosen, self.group * k + self.rejected
 
@@ -59,39 +59,40 @@ class Pairs:
                 "pair_margin_mean": float(self.margin.mean()) if len(self) else 0.0}
 
 
-def _check(rewards_GxK, mask_GxK):
-    rewards = np.asarray(rewards_GxK)
+def _check(rewards, mask):
+    rewards = np.asarray(rewards)
     if rewards.ndim != 2:
-        raise ValueError(f"rewards_GxK must be 2-D [groups, samples], got shape {rewards.shape}")
+        raise ValueError(f"rewards must be 2-D [groups, samples], got shape {rewards.shape}")
     if not np.issubdtype(rewards.dtype, np.number) or np.issubdtype(rewards.dtype, np.complexfloating):
-        raise ValueError(f"rewards_GxK must be real numbers, got dtype {rewards.dtype}")
+        raise ValueError(f"rewards must be real numbers, got dtype {rewards.dtype}")
     rewards = rewards.astype(np.float64)
-    if mask_GxK is None:
+    if mask is None:
         mask = np.ones(rewards.shape, bool)
     else:
-        mask = np.asarray(mask_GxK)
+        mask = np.asarray(mask)
         if mask.shape != rewards.shape:
-            raise ValueError(f"mask_GxK shape {mask.shape} != rewards_GxK shape {rewards.shape}")
+            raise ValueError(f"mask shape {mask.shape} != rewards shape {rewards.shape}")
         if mask.dtype != np.bool_:
-            raise ValueError(f"mask_GxK must be boolean, got dtype {mask.dtype}")
+            raise ValueError(f"mask must be boolean, got dtype {mask.dtype}")
     bad = ~np.isfinite(rewards) & mask
     if bad.any():
         g, k = np.argwhere(bad)[0]
-        raise ValueError(f"rewards_GxK[{g}, {k}] = {rewards[g, k]} is not finite "
+        raise ValueError(f"rewards[{g}, {k}] = {rewards[g, k]} is not finite "
                          f"({int(bad.sum())} non-finite rewards in all)")
     return rewards, mask
 
 
-def make_pairs(rewards_GxK, *, strategy: str, seed: int = 0, mask_GxK=None, margin: float = 0.0,
+def make_pairs(rewards, *, strategy: str, seed: int = 0, mask=None, margin: float = 0.0,
                max_pairs_per_group: Optional[int] = None) -> Pairs:
-    """Builds (chosen, rejected) pairs inside each group from its rewards; see the module doc."""
+    """Builds (chosen, rejected) pairs inside each group from its `rewards` [G, K] (`mask` [G, K]
+    bool, None = all: which samples exist); see the module doc."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown pairing strategy {strategy!r}; expected one of {STRATEGIES}")
     if not (np.isfinite(margin) and margin >= 0):
         raise ValueError(f"margin must be a finite number >= 0, got {margin}")
     if max_pairs_per_group is not None and int(max_pairs_per_group) < 1:
         raise ValueError(f"max_pairs_per_group must be >= 1 or None, got {max_pairs_per_group}")
-    rewards, mask = _check(rewards_GxK, mask_GxK)
+    rewards, mask = _check(rewards, mask)
     rng = np.random.default_rng(seed)
     out_g, out_c, out_r = [], [], []
     ties = below = empty = 0

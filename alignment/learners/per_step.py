@@ -1,12 +1,13 @@
 """Per-step negatives (Setlur et al., 2024, "RL on incorrect synthetic data scales the efficiency
 of LLM math reasoning by eight-fold"), on a task with a final-answer verifier and step tools
-(the `arithmetic` task: `split_steps`, `step_prefixes`).
+(the `arithmetic` task: `split_steps`, `step_prefixes`); the method card is docs/methods.md
+section 4.
 
-    pi_sft  = SFT on synthetic solutions (or `config.model.init_from`)
+    pi_sft  = SFT on synthetic solutions (or a given SFT policy)
     samples = `samples_per_problem` responses of pi_sft to each of the same problems, verified
-    rft      : SFT of pi_sft on its verified-correct samples (rejection fine-tuning)
+    rft      : SFT of pi_sft on its verified-correct samples (rejection fine-tuning, `rft_rows`)
     per_step : for an incorrect response with steps s_1..s_S and prefixes p_i = s_1..s_i,
-               Q_i = P(best of K rollouts of pi_sft from p_i is correct) (`best_of_k_values`,
+               Q_i = P(best of K rollouts of pi_sft from p_i is correct) (`estimate_step_values`,
                K = 5), Q_0 that of the bare prompt, Q_S = verify(response) = 0; advantage
                A_i = Q_i - Q_{i-1}; critical step c = the first step with the lowest Q ("first
                pit", `advantages.first_pit`); pair (a correct solution of the problem, p_c)
@@ -15,37 +16,29 @@ of LLM math reasoning by eight-fold"), on a task with a final-answer verifier an
 
 The rejected side of a per-step pair is a prefix: it never ended, so it must carry no EOS
 (`rejected_is_prefix` in each row; see `prefix_eos_supported`). Every problem or negative that
-gives no pair is counted in `WORKDIR/per_step.json` (`stats`), never dropped silently.
+gives no pair is counted in the statistics `make_pairs` and `rft_rows` return.
 
-`train_per_step(config, workdir)` is the dispatch target of `alignment.train.train` for
-`config.kind == "per_step"`; samples and rollouts live in `per_step.samples_dir` (default
-WORKDIR/samples) and are reused by every method run on the same pi_sft and settings.
+This module holds the reusable pieces (step values, critical prefix, pair and RFT rows,
+rollouts); the pipeline (SFT stage, samples, caches, the final stage) is
+`experiments/pipelines/per_step.py`, config `configs/per_step.py`.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
-import logging
 import os
+import tempfile
 from typing import Callable, Sequence
 
-import ml_collections
 import numpy as np
 
+from alignment import advantages as advantages_lib
 from alignment import data as data_lib
-from alignment import losses
-
-log = logging.getLogger(__name__)
+from alignment.data import pipeline
+from alignment.evaluation import harness
 
 METHODS = ("rft", "per_step", "naive")
 CHOSEN = ("sample", "demonstration", "sample_or_demonstration")
-STATS_FILE = "per_step.json"
-DATA_DIR = "per_step_data"
-
-
-
 class NoTrainingRows(ValueError):
     """No RFT example or pair survived (e.g. pi_sft solved none of the problems): the counts say why."""
 
@@ -59,18 +52,18 @@ RolloutFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]
 
 @dataclasses.dataclass(frozen=True)
 class StepValues:
-    """Monte-Carlo step values of one response: `q_S[i]` is Q after step i+1, `q0` the bare
-    prompt's, `advantages_S` = Q_i - Q_{i-1}, `critical` the first-pit step index (-1: no
-    steps), `has_pit` whether Q drops at that step (A_critical < 0)."""
+    """Monte-Carlo step values of one response with S steps: `q` [S], `q[i]` is Q after step
+    i+1; `q0` the bare prompt's; `advantages` [S] = Q_i - Q_{i-1}; `critical` the first-pit
+    step index (-1: no steps); `has_pit` whether Q drops at that step (A_critical < 0)."""
     q0: float
-    q_S: np.ndarray
-    advantages_S: np.ndarray
+    q: np.ndarray
+    advantages: np.ndarray
     critical: int
     has_pit: bool
 
     def to_json(self) -> dict:
-        return {"q0": self.q0, "q": [float(x) for x in self.q_S],
-                "advantages": [float(x) for x in self.advantages_S],
+        return {"q0": self.q0, "q": [float(x) for x in self.q],
+                "advantages": [float(x) for x in self.advantages],
                 "critical": self.critical, "has_pit": self.has_pit}
 
     @classmethod
@@ -86,7 +79,6 @@ def estimate_step_values(task, prompts: Sequence[str], responses: Sequence[str],
     The rollouts from p_0 (the bare prompt) .. p_{S-1} are drawn once per distinct (prompt,
     prefix); the last prefix is the whole response, whose value is its verification (it ended).
     """
-    from alignment import advantages
     if len(prompts) != len(responses):
         raise ValueError(f"estimate_step_values: {len(prompts)} prompts for {len(responses)} responses")
     contexts: dict[tuple[str, str], int] = {}
@@ -103,7 +95,7 @@ def estimate_step_values(task, prompts: Sequence[str], responses: Sequence[str],
     success_NxM = np.asarray(rollout_fn([c[0] for c in ctx], [c[1] for c in ctx]))
     if success_NxM.ndim != 2 or success_NxM.shape[0] != len(ctx):
         raise ValueError(f"rollout_fn returned shape {success_NxM.shape}, want [{len(ctx)}, rollouts]")
-    q_N = np.asarray(advantages.best_of_k_values(successes=success_NxM.astype(np.float32), k=k), np.float64)
+    q_N = np.asarray(advantages_lib.best_of_k_values(successes=success_NxM.astype(np.float32), k=k), np.float64)
     s_max = max(1, max(n for _, _, n in plans))
     q_BxS = np.zeros((len(plans), s_max))
     mask_BxS = np.zeros((len(plans), s_max))
@@ -113,8 +105,8 @@ def estimate_step_values(task, prompts: Sequence[str], responses: Sequence[str],
         vals = [q_N[contexts[key]] for key in keys[1:]] + ([final] if n else [])
         q_BxS[b, :n] = vals
         mask_BxS[b, :n] = 1
-    adv_BxS, _ = advantages.step_advantages(step_values=q_BxS, step_mask=mask_BxS, initial_values=q0_B)
-    crit_B, pit_B = advantages.first_pit(step_values=q_BxS, step_mask=mask_BxS, initial_values=q0_B)
+    adv_BxS, _ = advantages_lib.step_advantages(step_values=q_BxS, step_mask=mask_BxS, initial_values=q0_B)
+    crit_B, pit_B = advantages_lib.first_pit(step_values=q_BxS, step_mask=mask_BxS, initial_values=q0_B)
     adv_BxS, crit_B, pit_B = np.asarray(adv_BxS, np.float64), np.asarray(crit_B), np.asarray(pit_B)
     return [StepValues(float(q0_B[b]), q_BxS[b, :n].copy(), adv_BxS[b, :n].copy(), int(crit_B[b]), bool(pit_B[b]))
             for b, (_, _, n) in enumerate(plans)]
@@ -224,8 +216,8 @@ def make_pairs(samples: SampleSet, task, *, method: str, chosen: str, negatives_
                 continue
             rejected = critical_prefix(task, negative, sv.critical)
             row.update(rejected=rejected, rejected_is_prefix=rejected != negative, critical_step=sv.critical,
-                       num_steps=len(sv.q_S), q0=sv.q0, q=[float(x) for x in sv.q_S],
-                       advantages=[float(x) for x in sv.advantages_S])
+                       num_steps=len(sv.q), q0=sv.q0, q=[float(x) for x in sv.q],
+                       advantages=[float(x) for x in sv.advantages])
             err = _first_error(task, prompt, negative)
             if err is not None:
                 first_error_known += 1
@@ -278,8 +270,6 @@ def prefix_eos_supported(tokenizer) -> bool:
 
     A prefix never ended, so training it with an appended EOS would make DPO push down
     log p(EOS | prefix) besides the wrong step itself."""
-    import tempfile
-    from alignment.data import pipeline
     cfg = data_lib.default_data_config("preference")
     cfg.source, cfg.format, cfg.max_len, cfg.max_prompt_len = "jsonl", "plain", 64, 32
     with tempfile.TemporaryDirectory() as tmp:
@@ -293,115 +283,10 @@ def prefix_eos_supported(tokenizer) -> bool:
 
 # ----------------------------------------------------------------------------- configs
 
-def check_per_step_config(config) -> None:
-    """Semantic checks of the `per_step` section (before any model is loaded)."""
-    s = config.per_step
-    if s.method not in METHODS:
-        raise ValueError(f"config.per_step.method must be one of {METHODS}, got {s.method!r}")
-    if s.chosen not in CHOSEN:
-        raise ValueError(f"config.per_step.chosen must be one of {CHOSEN}, got {s.chosen!r}")
-    for key in ("num_problems", "samples_per_problem", "rollouts", "k", "max_new_tokens", "batch_size"):
-        if int(s[key]) < 1:
-            raise ValueError(f"config.per_step.{key} must be >= 1, got {s[key]}")
-    if s.k > s.rollouts:
-        raise ValueError(f"config.per_step.k={s.k} exceeds config.per_step.rollouts={s.rollouts}: the best-of-K "
-                         "value needs at least K rollouts per prefix")
-    if s.negatives_per_problem < 0 or s.sft_steps < 0:
-        raise ValueError("config.per_step.negatives_per_problem (0 = all) and sft_steps must be >= 0")
-    if not s.temperature > 0:
-        raise ValueError(f"config.per_step.temperature must be > 0, got {s.temperature}")
-    if not config.model.init_from and not s.sft_steps:
-        raise ValueError("per-step negatives start from an SFT policy: set config.model.init_from to its HF folder, "
-                         "or config.per_step.sft_steps > 0 to SFT one on the task's demonstrations first")
-    if config.data.chat_template:
-        raise ValueError("config.data.chat_template=True is not supported by per_step: its rows are plain text")
-
-
-def get_task(config):
-    from alignment import tasks
-    task = tasks.get_task(config.task, **config.per_step.task_kwargs.to_dict())
-    missing = [name for name in ("verify", "step_prefixes") if not hasattr(task, name)]
-    if missing or not task.has_verifier:
-        raise ValueError(f"config.task={config.task!r}: per-step negatives need a verifier and step tools "
-                         f"(step_prefixes); missing {missing or ['has_verifier']}")
-    return task
-
-
-def _stage_config(config, workdir: str, *, kind: str, init_from: str, steps: int, lr: float, data_dir: str):
-    c = copy.deepcopy(config)
-    c.unlock()
-    c.kind = kind
-    del c["per_step"]
-    if kind == "sft":
-        c.loss = "sft"
-        c.loss_kwargs = ml_collections.ConfigDict(losses.defaults("sft"))
-        c.reference.mode = "in_step"
-    c.model.init_from = init_from
-    c.num_train_steps = int(steps)
-    c.checkpoint_every_steps = min(c.checkpoint_every_steps, c.num_train_steps) or c.num_train_steps
-    c.optim.learning_rate = float(lr)
-    c.optim.warmup_steps = min(c.optim.warmup_steps, max(c.num_train_steps - 1, 0))
-    c.eval_every_steps = 0  # the rows come from the train problems; held-out accuracy is the real test
-    c.export_hf = True
-    old = c.data
-    c.data = data_lib.default_data_config(kind)
-    for key in ("max_len", "max_prompt_len", "seed", "prompt_truncation", "truncation", "on_bad_row"):
-        c.data[key] = old[key]
-    c.data.source, c.data.format = "jsonl", "plain"
-    c.data.files.train = os.path.join(data_dir, "train.jsonl")
-    c.data.files.test = ""
-    c.lock()
-    return c
-
-
-def sft_config(config, workdir: str):
-    """The SFT stage on the task's demonstrations of the `num_problems` train problems."""
-    return _stage_config(config, workdir, kind="sft", init_from="", steps=config.per_step.sft_steps,
-                         lr=config.per_step.sft_learning_rate, data_dir=os.path.join(workdir, "sft", "data"))
-
-
-def method_config(config, workdir: str, init_from: str):
-    """The final stage in `workdir`: SFT on correct samples (rft) or DPO on pairs (per_step, naive)."""
-    rft = config.per_step.method == "rft"
-    return _stage_config(config, workdir, kind="sft" if rft else "preference", init_from=init_from,
-                         steps=config.num_train_steps,
-                         lr=config.per_step.rft_learning_rate if rft else config.optim.learning_rate,
-                         data_dir=os.path.join(workdir, DATA_DIR))
-
-
-# ----------------------------------------------------------------------------- generation
-
-def _load_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def _dump_json(obj, path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
-def _cached(path: str, settings: dict):
-    """The JSON at `path` when it was made with `settings`; an error when made with others."""
-    if not os.path.isfile(path):
-        return None
-    settings = json.loads(json.dumps(settings))  # tuples -> lists, as stored
-    obj = _load_json(path)
-    if obj.get("settings") != settings:
-        changed = sorted(k for k in set(settings) | set(obj.get("settings", {}))
-                         if settings.get(k) != obj.get("settings", {}).get(k))
-        raise ValueError(f"{path} was made with other settings ({changed}); use a fresh per_step.samples_dir")
-    return obj
-
-
 def policy_rollout_fn(policy, tokenizer, task, *, rollouts: int, max_new_tokens: int, temperature: float,
                       seed: int, batch_size: int) -> RolloutFn:
     """Rollouts of `policy` continued from prompt + prefix (token ids of the prompt as in
     training, then the prefix's), verified as prefix + continuation."""
-    from alignment.evaluation import harness
-
     def fn(prompts, prefixes):
         ids = harness.encode_prompts(tokenizer, list(prompts))
         ctx = [p + list(tokenizer.encode(x, add_special_tokens=False)) if x else p for p, x in zip(ids, prefixes)]
@@ -415,117 +300,3 @@ def policy_rollout_fn(policy, tokenizer, task, *, rollouts: int, max_new_tokens:
             ok[i] = task.verify(prompts[n], prefixes[n] + harness.decode_response(tokenizer, body)[0])
         return ok.reshape(len(ctx), rollouts)
     return fn
-
-
-def _sft_policy(config, workdir: str, task) -> str:
-    if config.model.init_from:
-        return os.path.abspath(config.model.init_from)
-    out = os.path.join(workdir, "sft")
-    hf = os.path.join(out, "hf")
-    if os.path.isfile(os.path.join(hf, "config.json")):
-        return hf
-    from alignment import train as train_lib
-    demos = task.demonstrations("train", int(config.per_step.num_problems), config.seed)
-    data_lib.write_jsonl(({"prompt": p, "completion": c} for p, c in demos), os.path.join(out, "data", "train.jsonl"))
-    train_lib.train(sft_config(config, workdir), out)
-    return hf
-
-
-def generate(config, task, tokenizer, sft_hf: str, samples_dir: str) -> tuple[SampleSet, dict]:
-    """`samples_per_problem` verified samples of pi_sft per train problem (cached in samples_dir)."""
-    from alignment import models
-    from alignment.learners import stages
-    s = config.per_step
-    settings = {"sft_policy": sft_hf, "task": config.task, "task_kwargs": s.task_kwargs.to_dict(),
-                "seed": config.seed, "num_problems": s.num_problems, "samples_per_problem": s.samples_per_problem,
-                "temperature": s.temperature, "max_new_tokens": s.max_new_tokens}
-    path = os.path.join(samples_dir, "samples.json")
-    cached = _cached(path, settings)
-    if cached is None:
-        demos = task.demonstrations("train", int(s.num_problems), config.seed)
-        prompts = [p for p, _ in demos]
-        out = stages.sample(sft_hf, tokenizer, prompts, samples_per_prompt=s.samples_per_problem,
-                            max_new_tokens=s.max_new_tokens, temperature=s.temperature, seed=config.seed,
-                            batch_size=s.batch_size, policy=models.from_pretrained(sft_hf))
-        correct = [[bool(task.verify(p, t)) for t in row] for p, row in zip(prompts, out.texts)]
-        cached = {"settings": settings, "prompts": prompts, "texts": out.texts, "finished": out.finished,
-                  "correct": correct, "demonstrations": [c for _, c in demos]}
-        _dump_json(cached, path)
-    samples = SampleSet(cached["prompts"], cached["texts"], cached["correct"], cached["demonstrations"])
-    acc = np.asarray(cached["correct"], np.float64)
-    stats = {"sample_accuracy": float(acc.mean()), "problems_any_correct": float(acc.any(1).mean()),
-             "finished_fraction": float(np.mean(cached["finished"]))}
-    return samples, stats
-
-
-def step_values_for(config, task, tokenizer, sft_hf: str, samples: SampleSet, samples_dir: str
-                    ) -> dict[tuple[int, int], StepValues]:
-    """Step values of every negative the pairs may use (cached in samples_dir)."""
-    from alignment import models
-    s = config.per_step
-    plan, _ = pair_plan(samples, chosen=s.chosen, negatives_per_problem=s.negatives_per_problem)
-    settings = {"sft_policy": sft_hf, "seed": config.seed, "rollouts": s.rollouts, "k": s.k,
-                "temperature": s.temperature, "max_new_tokens": s.max_new_tokens, "plan": [list(x) for x in plan]}
-    path = os.path.join(samples_dir, "step_values.json")
-    cached = _cached(path, settings)
-    if cached is None:
-        fn = policy_rollout_fn(models.from_pretrained(sft_hf), tokenizer, task, rollouts=s.rollouts,
-                               max_new_tokens=s.max_new_tokens, temperature=s.temperature, seed=config.seed,
-                               batch_size=s.batch_size)
-        values = estimate_step_values(task, [samples.prompts[g] for g, _ in plan],
-                                      [samples.texts[g][j] for g, j in plan], fn, k=s.k)
-        cached = {"settings": settings, "values": [v.to_json() for v in values]}
-        _dump_json(cached, path)
-    return {(g, j): StepValues.from_json(v) for (g, j), v in zip(plan, cached["values"])}
-
-
-def train_per_step(config, workdir: str):
-    """pi_sft -> samples -> RFT data or per-step / naive pairs -> the final stage in `workdir`."""
-    from alignment import checkpoint as ckpt_lib
-    from alignment import train as train_lib
-    from alignment.learners.validation import validate_config
-    check_per_step_config(config)
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    s = config.per_step
-    task = get_task(config)
-    validate_config(method_config(config, workdir, config.model.init_from or "<sft stage>"))
-    if not config.model.init_from:
-        validate_config(sft_config(config, workdir))
-    tokenizer = train_lib.make_tokenizer(config.tokenizer)
-    eos_ok = prefix_eos_supported(tokenizer)
-    sft_hf = _sft_policy(config, workdir, task)
-    samples_dir = os.path.abspath(s.samples_dir or os.path.join(workdir, "samples"))
-    samples, stats = generate(config, task, tokenizer, sft_hf, samples_dir)
-    stats.update({"method": s.method, "sft_policy": sft_hf, "samples_dir": samples_dir})
-    if s.method == "rft":
-        rows, counts = rft_rows(samples)
-    else:
-        values = step_values_for(config, task, tokenizer, sft_hf, samples, samples_dir) if s.method == "per_step" else None
-        rows, counts = make_pairs(samples, task, method=s.method, chosen=s.chosen,
-                                  negatives_per_problem=s.negatives_per_problem, seed=config.seed,
-                                  step_values=values)
-        if s.method == "per_step":
-            stats["prefix_eos_supported"] = eos_ok
-            if not eos_ok:
-                log.warning("per_step: the preference data path appends EOS to rejected prefixes "
-                            "(rejected_is_prefix is not honoured); DPO also pushes down log p(EOS | prefix)")
-    stats.update(counts)
-    _dump_json(stats, os.path.join(workdir, STATS_FILE))
-    log.info("per_step: %s", stats)
-    if not rows:
-        raise NoTrainingRows(f"per_step ({s.method}): no training row survived ({stats}); sample more "
-                             "(per_step.samples_per_problem, num_problems) or use a stronger SFT policy")
-    data_lib.write_jsonl(rows, os.path.join(workdir, DATA_DIR, "train.jsonl"))
-    extra = {k: float(v) for k, v in counts.items() if isinstance(v, (int, float)) and np.isfinite(v)}
-    extra["sample_accuracy"] = stats["sample_accuracy"]
-    state = train_lib.train(method_config(config, workdir, sft_hf), workdir, extra_metrics=extra)
-    # experiments.evaluate rebuilds the task from run.json; the DPO stage's record knows only its name
-    ckpt_lib.update_run_record(workdir, task_kwargs=s.task_kwargs.to_dict())
-    return state
-
-
-def summary(workdir: str) -> dict | None:
-    """The statistics `train_per_step` wrote (None before it ran)."""
-    path = os.path.join(workdir, STATS_FILE)
-    return _load_json(path) if os.path.isfile(path) else None

@@ -23,6 +23,7 @@ import os
 import shlex
 import sys
 from typing import Iterable, Mapping, Sequence
+from alignment.evaluation import write_json
 
 QUICK_SEEDS = 2
 FULL_SEEDS = 3
@@ -97,7 +98,6 @@ def write_results(out: str, *, name: str, paper: str, claim: str, supported: boo
                   rows: Sequence[Mapping], settings: Mapping, quick: bool, wall_clock_s: float,
                   plots: Sequence[str] = ()) -> dict:
     """OUT/results.json and OUT/results.md; prints the table and the verdict. Returns the dict."""
-    from alignment.evaluation import write_json
     if not rows:
         raise ValueError(f"{name}: no result rows")
     result = {

@@ -38,6 +38,7 @@ import time
 
 import numpy as np
 
+from alignment import losses
 from experiments.reproduce import common
 
 NAME = "ipo_bandit"
@@ -118,7 +119,6 @@ def train_bandit(loss_name: str, betas, seeds, *, steps: int, learning_rate: flo
     import jax
     import jax.numpy as jnp
     import optax
-    from alignment import losses
 
     if steps < 1 or batch_size < 1 or log_every < 1 or steps % log_every:
         raise ValueError(f"train_bandit: need steps >= 1, batch_size >= 1 and log_every dividing steps "

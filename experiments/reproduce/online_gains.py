@@ -1,6 +1,6 @@
 """Every online learner raises the gold reward of the SFT policy it starts from (issue 6's claim).
 
-Not one paper's table: the acceptance check of the online loop (methods.md section 4). Each learner
+Not one paper's table: the acceptance check of the online loop (docs/methods.md section 4). Each learner
 runs through its own config (`configs/<name>.py:tiny,task=sentiment`), the same as
 `python -m experiments.train`, from one shared starting policy:
 
@@ -31,11 +31,14 @@ from __future__ import annotations
 import os
 import time
 
+from alignment import tasks
+from alignment.tokenizer import Tokenizer
+from experiments.pipelines import stages
 from experiments.reproduce import common, rso
 from experiments.reproduce import sail as shared
 
 NAME = "online_gains"
-PAPER = "issue 6: the online loop (PPO, GRPO and variants, Self-Rewarding PPO, online DPO, SAIL; methods.md section 4)"
+PAPER = "issue 6: the online loop (PPO, GRPO and variants, Self-Rewarding PPO, online DPO, SAIL; docs/methods.md section 4)"
 CLAIM = ("Each online learner, run through its config in a short CPU run, raises the held-out gold reward of the "
          "SFT policy it starts from.")
 TASK = "sentiment"
@@ -86,9 +89,6 @@ def starting_policy(workdir: str, s: dict) -> tuple[str, str]:
 def run_method(method: str, seed: int, *, workdir: str, base: str, sft_hf: str, s: dict) -> dict:
     """`METHODS[method]` from `sft_hf` for `s["steps"]` online steps (reused when exported), then its
     held-out evaluation against the SFT policy (cached): `stages.evaluate`'s dict."""
-    from alignment import tasks
-    from alignment.learners import stages
-    from alignment.tokenizer import Tokenizer
     tag = f"steps{s['steps']}_p{s['prompts']}_g{s['group']}_lr{s['lr']:g}"
     wd = os.path.join(workdir, f"{method}_{tag}_s{seed}")
     name, arg, _ = METHODS[method]

@@ -31,6 +31,12 @@ import time
 
 import numpy as np
 
+from alignment import learners
+from alignment import tasks
+from alignment.engine.config import get_config, load_file
+from alignment.tokenizer import tiny_tokenizer
+from experiments.pipelines import per_step
+from experiments.pipelines import stages
 from experiments.reproduce import common
 
 NAME = "per_step"
@@ -55,18 +61,15 @@ log = logging.getLogger("alignment.reproduce.per_step")
 
 
 def load_config_module():
-    from alignment import config_files
-    return config_files.load_file(CONFIG)
+    return load_file(CONFIG)
 
 
 def make_task():
-    from alignment import tasks
     return tasks.get_task("arithmetic", **load_config_module().EASY_ARITHMETIC)
 
 
 def sft_stage(task, workdir: str, s: dict, seed: int) -> str:
     """pi_sft: a fresh tiny model SFT'd on the N problems' synthetic solutions (WORKDIR/hf)."""
-    from alignment.learners import stages
     data_dir = stages.write_demonstrations(task, os.path.join(workdir, "data"), num_prompts=s["num_problems"],
                                            seed=seed, num_eval=16)
     c = stages.sft_stage_config(steps=s["sft_steps"], lr=s["sft_lr"], batch=s["sft_batch"], max_prompt_len=32,
@@ -77,13 +80,14 @@ def sft_stage(task, workdir: str, s: dict, seed: int) -> str:
 
 
 def method_config(method: str, s: dict, seed: int, sft_hf: str, samples_dir: str):
-    from alignment import config_files
-    return config_files.get_config(CONFIG, f"tiny,method={method}", {
-        "seed": seed, "data.seed": seed, "model.init_from": sft_hf, "tokenizer": "tiny",
-        "num_train_steps": s["train_steps"], "checkpoint_every_steps": s["train_steps"],
-        "global_batch_size": s["train_batch"], "optim.learning_rate": s["train_lr"],
-        "optim.warmup_steps": max(1, s["train_steps"] // 10), "loss_kwargs.beta": s["beta"],
-        "log_every_steps": max(1, s["train_steps"] // 4), "progress_bar": False,
+    return get_config(CONFIG, f"tiny,method={method}", {
+        # seed: also every stage's seed and data.seed; the rft stage follows the preference stage's
+        # steps, batch, warmup and logging
+        "seed": seed, "init_from": sft_hf, "tokenizer": "tiny",
+        "preference.num_train_steps": s["train_steps"], "preference.checkpoint_every_steps": s["train_steps"],
+        "preference.global_batch_size": s["train_batch"], "preference.optim.learning_rate": s["train_lr"],
+        "preference.optim.warmup_steps": max(1, s["train_steps"] // 10), "preference.loss_kwargs.beta": s["beta"],
+        "preference.log_every_steps": max(1, s["train_steps"] // 4), "preference.progress_bar": False,
         "per_step.num_problems": s["num_problems"], "per_step.samples_per_problem": s["samples_per_problem"],
         "per_step.rollouts": s["rollouts"], "per_step.k": s["k"],
         "per_step.negatives_per_problem": s["negatives_per_problem"],
@@ -94,13 +98,11 @@ def method_config(method: str, s: dict, seed: int, sft_hf: str, samples_dir: str
 
 def run_method(method: str, s: dict, seed: int, sft_hf: str, seed_dir: str) -> tuple[str, dict]:
     """The method's final policy (pi_sft itself when no training row survived) and its stats."""
-    from alignment import train as train_lib
-    from alignment.learners import per_step
     workdir = os.path.join(seed_dir, method)
     hf = os.path.join(workdir, "hf")
     if not os.path.isfile(os.path.join(hf, "config.json")):
         try:
-            train_lib.train(method_config(method, s, seed, sft_hf, os.path.join(seed_dir, "samples")), workdir)
+            learners.run(method_config(method, s, seed, sft_hf, os.path.join(seed_dir, "samples")), workdir)
         except per_step.NoTrainingRows as e:
             log.warning("%s seed %d: %s; its policy stays pi_sft", method, seed, e)
             return sft_hf, dict(per_step.summary(workdir) or {}, untrained=True)
@@ -109,8 +111,6 @@ def run_method(method: str, s: dict, seed: int, sft_hf: str, seed_dir: str) -> t
 
 def accuracy(policy_hf: str, task, prompts, s: dict, cache: str) -> float:
     """Greedy verifier accuracy on `prompts` (cached in `cache`)."""
-    from alignment.learners import stages
-    from alignment.tokenizer import tiny_tokenizer
     key = {"policy": os.path.abspath(policy_hf), "prompts": len(prompts), "max_new_tokens": s["max_new_tokens"]}
     if os.path.isfile(cache):
         with open(cache) as f:

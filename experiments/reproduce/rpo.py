@@ -43,7 +43,15 @@ import time
 
 import numpy as np
 
+from alignment import data as data_lib
+from alignment import losses
+from alignment import metrics as metrics_lib
+from alignment import tasks
+from alignment.engine.config import get_config
+from alignment.evaluation import write_json
 from alignment.learners.pairs import best_worst_rows as best_worst_pairs
+from alignment.tokenizer import Tokenizer
+from experiments.pipelines import stages
 from experiments.reproduce import common, rso
 
 NAME = "rpo"
@@ -98,9 +106,6 @@ base_policy, sft = rso.base_policy, rso.sft  # the same shipped base and SFT sta
 def proxy_pairs(sft_hf: str, tokenizer, task, out_dir: str, seed: int, s: dict) -> dict:
     """out_dir/{train,test}.jsonl: best vs worst proxy score of the SFT samples per prompt
     (train prompts / validation prompts); out_dir/stats.json last, so its presence means done."""
-    from alignment import data as data_lib
-    from alignment.evaluation import write_json
-    from alignment.learners import stages
     stats_path = os.path.join(out_dir, "stats.json")
     p = s["pairs"]
     made_with = {**p, "length_weight": s["length_weight"], "sft_policy": sft_hf, "seed": seed}
@@ -145,8 +150,7 @@ def proxy_pairs(sft_hf: str, tokenizer, task, out_dir: str, seed: int, s: dict) 
 def preference_config(loss: str, s: dict):
     """The default experiment's DPO stage with `loss` (dpo | rpo) and this run's sizes."""
     import ml_collections
-    from alignment import config_files, losses
-    c = config_files.get_config(os.path.join(REPO, "configs", "default.py")).dpo.copy_and_resolve_references()
+    c = get_config(os.path.join(REPO, "configs", "default.py")).dpo.copy_and_resolve_references()
     c.unlock()
     t = s["train"]
     c.loss = loss
@@ -170,7 +174,6 @@ def preference_config(loss: str, s: dict):
 
 def chosen_curve(workdir: str, beta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(steps, chosen log-likelihood change vs SFT, absolute chosen log-likelihood) per logged step."""
-    from alignment import metrics as metrics_lib
     lines = [r for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "chosen_rewards" in r]
     if not lines:
         raise ValueError(f"{workdir}/metrics.jsonl has no chosen_rewards: was the run a preference run?")
@@ -188,9 +191,6 @@ def tail_mean(values: np.ndarray, fraction: float) -> float:
 # ----------------------------------------------------------------------------- main
 
 def run_seed(seed: int, base: str, workdir: str, s: dict) -> dict:
-    from alignment import tasks
-    from alignment.learners import stages
-    from alignment.tokenizer import Tokenizer
     task = tasks.get_task(s["task"])
     tokenizer = Tokenizer.from_pretrained(base)
     sft_hf = sft(base, workdir, seed, s)

@@ -53,6 +53,12 @@ import time
 
 import numpy as np
 
+from alignment import metrics as metrics_lib
+from alignment import pretrain
+from alignment import tasks
+from alignment.engine.config import get_config
+from alignment.tokenizer import Tokenizer
+from experiments.pipelines import stages
 from experiments.reproduce import common
 
 NAME = "rso"
@@ -97,13 +103,11 @@ def methods_for(s: dict) -> list[tuple[str, str, str, float]]:
 
 def base_policy() -> str:
     """The shipped tiny sentiment base (the default experiment's `pretrain` config)."""
-    from alignment import config_files, pretrain
-    cfg = config_files.get_config(os.path.join(REPO, "configs", "default.py"))
+    cfg = get_config(os.path.join(REPO, "configs", "default.py"))
     return str(pretrain.build_base(cfg.pretrain))
 
 
 def sft(base: str, workdir: str, seed: int, s: dict) -> str:
-    from alignment.learners import stages
     c = s["sft"]
     return stages.sft_policy(s["task"], os.path.join(workdir, "sft"), steps=c["steps"], num_prompts=c["num_prompts"],
                              seed=seed, tokenizer=base, init_from=base, lr=c["lr"], batch=c["batch"],
@@ -123,11 +127,9 @@ def _quiet(c, steps: int) -> None:
 
 def reward_model_config(base: str, sft_hf: str, seed: int, s: dict):
     """`configs/reward_model.py:tiny` on noisy gold-labelled sentiment pairs, from the SFT policy."""
-    from alignment import config_files
     r = s["rm"]
-    c = config_files.get_config(os.path.join(REPO, "configs", "reward_model.py"),
-                                f"tiny,task={s['task']},label_temperature={r['label_temperature']}")
-    c.unlock()
+    c = get_config(os.path.join(REPO, "configs", "reward_model.py"),
+                   f"tiny,task={s['task']},label_temperature={r['label_temperature']}")
     _quiet(c, r["steps"])
     c.seed = seed
     c.tokenizer = base
@@ -142,30 +144,27 @@ def reward_model_config(base: str, sft_hf: str, seed: int, s: dict):
     c.data.max_len = s["sft"]["max_len"]
     t = c.data.task_source
     t.seed, t.num_examples, t.num_eval_examples = seed, r["num_examples"], r["num_eval"]
-    c.lock()
     return c
 
 
 def method_config(sampler: str, loss: str, beta: float, *, base: str, sft_hf: str, rm_hf: str, seed: int, s: dict):
     """`configs/rso.py` for one method: same prompts, pair count, proxy and training for all."""
-    from alignment import config_files
     g, t = s["gen"], s["train"]
-    c = config_files.get_config(os.path.join(REPO, "configs", "rso.py"),
-                                f"task={s['task']},loss={loss},sampler={sampler},pairing=random,beta={beta}")
-    c.unlock()
-    _quiet(c, t["steps"])
-    c.seed = seed
-    c.data.seed = seed
+    c = get_config(os.path.join(REPO, "configs", "rso.py"),
+                   f"task={s['task']},loss={loss},sampler={sampler},pairing=random,beta={beta}")
+    _quiet(c.preference, t["steps"])
+    c.seed = seed  # also the stages' seed and data.seed
     c.tokenizer = base
-    c.model.init_from = sft_hf
-    c.global_batch_size = t["batch"]
-    c.eval_every_steps = 0
-    c.optim.learning_rate = t["lr"]
-    c.optim.warmup_steps = t["warmup"]
-    c.optim.weight_decay = 0.0
-    c.loss_kwargs.beta = t["gamma"]
-    c.data.max_prompt_len = s["sft"]["max_prompt_len"]
-    c.data.max_len = s["sft"]["max_len"]
+    c.init_from = sft_hf
+    p = c.preference
+    p.global_batch_size = t["batch"]
+    p.eval_every_steps = 0
+    p.optim.learning_rate = t["lr"]
+    p.optim.warmup_steps = t["warmup"]
+    p.optim.weight_decay = 0.0
+    p.loss_kwargs.beta = t["gamma"]
+    p.data.max_prompt_len = s["sft"]["max_prompt_len"]
+    p.data.max_len = s["sft"]["max_len"]
     c.reward.kind = "reward_model"
     c.reward.path = rm_hf
     r = c.rso
@@ -174,7 +173,6 @@ def method_config(sampler: str, loss: str, beta: float, *, base: str, sft_hf: st
     r.num_samples, r.num_accepted = g["num_samples"], g["num_accepted"]
     r.temperature, r.top_k, r.max_new_tokens = g["temperature"], g["top_k"], g["max_new_tokens"]
     r.sft_steps = 0
-    c.lock()
     return c
 
 
@@ -188,7 +186,6 @@ def proxy_spread(workdir: str) -> dict:
 
 def rm_accuracy(workdir: str) -> float:
     """Held-out accuracy of the reward model against gold labels (its last eval)."""
-    from alignment import metrics as metrics_lib
     lines = [r for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "eval_accuracy" in r]
     if not lines:
         raise ValueError(f"{workdir}/metrics.jsonl has no eval_accuracy: the reward model was not evaluated")
@@ -204,9 +201,6 @@ def proxy_std(run_dir: str) -> float:
 
 
 def run_seed(seed: int, base: str, workdir: str, s: dict) -> dict:
-    from alignment import tasks
-    from alignment.learners import stages
-    from alignment.tokenizer import Tokenizer
     task = tasks.get_task(s["task"])
     tokenizer = Tokenizer.from_pretrained(base)
     sft_hf = sft(base, workdir, seed, s)

@@ -1,7 +1,7 @@
 """SAIL (online DPO with its extra gradient term) vs offline DPO from the same SFT policy.
 
 Paper: Ding et al., 2024, "SAIL: Self-Improving Efficient Online Alignment of Large Language
-Models" (methods.md sections 4 and 6).
+Models" (docs/methods.md sections 4 and 6).
 
 Claim: training on preference pairs sampled from the *current* policy (SAIL-PR: pairs labelled
 by a reward model, DPO loss plus the score-function term of the policy-dependent sampling)
@@ -41,6 +41,12 @@ import time
 
 import numpy as np
 
+from alignment import data as data_lib
+from alignment import tasks
+from alignment.engine.config import get_config
+from alignment.learners import pairs
+from alignment.tokenizer import tiny_tokenizer
+from experiments.pipelines import stages
 from experiments.reproduce import common
 
 NAME = "sail"
@@ -65,14 +71,12 @@ def settings_for(quick: bool) -> dict:
 # ----------------------------------------------------------------------------- also used by online_gains.py
 
 def make_task():
-    from alignment import tasks
     return tasks.get_task(TASK, **TASK_KWARGS)
 
 
 def sft_stage(workdir: str, s: dict) -> str:
     """The shared starting policy: a fresh tiny model SFT'd on the miniature task's demonstrations
     (seed 0), exported to `workdir/sft/hf` (reused when present)."""
-    from alignment.learners import stages
     out = os.path.join(workdir, f"sft{s['sft_steps']}")
     hf = os.path.join(out, "hf")
     if os.path.isfile(os.path.join(hf, "config.json")):
@@ -85,8 +89,6 @@ def sft_stage(workdir: str, s: dict) -> str:
 
 def online_stage(name: str, arg: str, workdir: str, *, init_from: str, seed: int, s: dict, **overrides) -> str:
     """`configs/<name>.py:<arg>` from `init_from` for `s["steps"]` online steps; returns its export."""
-    from alignment import config_files
-    from alignment.learners import stages
     base = {"model.init_from": init_from, "tokenizer": "tiny", "seed": seed, "num_train_steps": s["steps"],
             "checkpoint_every_steps": s["steps"], "keep_checkpoints": 1, "checkpoint_async": False,
             "export_hf": True, "progress_bar": False, "tensorboard": False,
@@ -94,15 +96,13 @@ def online_stage(name: str, arg: str, workdir: str, *, init_from: str, seed: int
             "online.num_prompts": s["prompts"], "online.group_size": s["group"], "online.ppo_epochs": s["epochs"],
             "online.max_new_tokens": s["max_new_tokens"]}
     base.update(overrides)
-    c = config_files.get_config(os.path.join(REPO, "configs", f"{name}.py"), arg, base)
+    c = get_config(os.path.join(REPO, "configs", f"{name}.py"), arg, base)
     return stages.run_stage(c, workdir)
 
 
 def evaluate(policy_hf: str, sft_hf: str, path: str, s: dict, *, seed: int) -> dict:
     """Held-out gold reward, win rate and KL against the SFT policy; sampling seed `seed` (both
     policies), so the SFT row's per-seed values carry the evaluation's sampling spread."""
-    from alignment.learners import stages
-    from alignment.tokenizer import tiny_tokenizer
     return stages.evaluate(policy_hf, sft_hf, tiny_tokenizer(), make_task(), path=path,
                            num_prompts=s["eval_prompts"], samples_per_prompt=s["eval_samples"],
                            max_new_tokens=s["max_new_tokens"], seed=seed)
@@ -120,9 +120,6 @@ def offline_pairs(sft_hf: str, workdir: str, *, seed: int, s: dict) -> str:
     """`workdir/{train,test}.jsonl`: gold-labelled pairs among `group` SFT samples per prompt
     (all pairs with different gold, up to `group` per prompt; ties and empty responses left out,
     counted in `workdir/pairs.json`); returns `workdir`."""
-    from alignment import data as data_lib
-    from alignment.learners import pairs, stages
-    from alignment.tokenizer import tiny_tokenizer
     if os.path.isfile(os.path.join(workdir, "pairs.json")):
         return workdir
     task = make_task()
@@ -134,7 +131,7 @@ def offline_pairs(sft_hf: str, workdir: str, *, seed: int, s: dict) -> str:
         gold = np.asarray([task.gold_rewards([p] * s["group"], texts) for p, texts in zip(prompts, smp.texts)])
         # an empty response (EOS first) is a row the data pipeline refuses: left out, counted
         nonempty = np.asarray([[bool(t) for t in texts] for texts in smp.texts])
-        made = pairs.make_pairs(gold, strategy="all_pairs", seed=seed, mask_GxK=nonempty,
+        made = pairs.make_pairs(gold, strategy="all_pairs", seed=seed, mask=nonempty,
                                 max_pairs_per_group=s["group"])
         rows = [{"prompt": prompts[g], "chosen": smp.texts[g][c], "rejected": smp.texts[g][r]}
                 for g, c, r in zip(made.group, made.chosen, made.rejected)]
@@ -152,11 +149,9 @@ def offline_pairs(sft_hf: str, workdir: str, *, seed: int, s: dict) -> str:
 
 def offline_dpo_stage(sft_hf: str, workdir: str, *, seed: int, s: dict) -> str:
     """DPO on the offline pairs: as many updates as SAIL (steps x epochs) of as many rows (prompts x group)."""
-    from alignment import config_files
-    from alignment.learners import stages
     data = offline_pairs(sft_hf, os.path.join(workdir, "data"), seed=seed, s=s)
     updates = s["steps"] * s["epochs"]
-    c = config_files.get_config(os.path.join(REPO, "configs", "dpo.py"), "tiny", {
+    c = get_config(os.path.join(REPO, "configs", "dpo.py"), "tiny", {
         "num_train_steps": updates, "global_batch_size": s["prompts"] * s["group"], "checkpoint_every_steps": updates,
         "keep_checkpoints": 1, "checkpoint_async": False, "export_hf": True, "progress_bar": False,
         "tensorboard": False, "eval_every_steps": 0, "log_every_steps": max(1, updates // 20),

@@ -34,6 +34,11 @@ from __future__ import annotations
 
 import os
 import time
+from alignment import engine
+from alignment.engine.config import get_config
+from experiments.pipelines import seft
+from experiments.pipelines import stages
+from experiments.reproduce import common
 
 PAPER = "Chen et al., 2024, Self-Evolution Fine-Tuning for Policy Optimization (SEFT)"
 CLAIM = ("SFT on reviser-revised policy responses to unlabeled prompts beats SFT on the labeled data alone, "
@@ -54,29 +59,25 @@ def method_name(multiple: int) -> str:
 
 
 def make_config(s: dict, seed: int, *, num_unlabeled: int, init_from: str = "", reviser_path: str = ""):
-    from alignment import config_files
     here = os.path.dirname(os.path.abspath(__file__))
-    c = config_files.load_file(os.path.join(here, "..", "..", "configs", "seft.py")).get_config("tiny")
-    c.unlock()
-    c.seed = seed
-    c.global_batch_size = s["batch"]
+    c = get_config(os.path.join(here, "..", "..", "configs", "seft.py"), "tiny")
+    c.seed = seed  # also every stage's seed and data.seed
+    c.stage.global_batch_size = s["batch"]
     c.seft.num_labeled = s["num_labeled"]
     c.seft.num_unlabeled = num_unlabeled
     c.seft.sft_steps = 0 if init_from else s["sft_steps"]
-    c.model.init_from = init_from
+    c.init_from = init_from
     c.seft.rounds = s["rounds"]
     c.seft.round_steps = s["round_steps"]
     c.seft.num_eval_prompts = 0  # evaluated here, on more prompts
     c.reviser.steps = max(s["reviser_steps"], 1)
     c.reviser.path = reviser_path
-    c.lock()
     return c
 
 
 def evaluate(policy_hf: str, task, tokenizer, s: dict) -> dict:
     """Mean gold reward and solve rate (verified fraction) of temperature-1 samples on fixed test prompts."""
     import numpy as np
-    from alignment.learners import stages
     prompts = task.prompts("test", s["eval_prompts"], 0)
     k = s["eval_samples"]
     out = stages.sample(policy_hf, tokenizer, prompts, samples_per_prompt=k, max_new_tokens=16, temperature=1.0,
@@ -89,12 +90,10 @@ def evaluate(policy_hf: str, task, tokenizer, s: dict) -> dict:
 
 def run_seed(s: dict, seed: int, workdir: str) -> dict:
     """{method: {metric: value}} for one seed; stage outputs under workdir/seed_<seed> are reused."""
-    from alignment import train as train_lib
-    from alignment.learners import seft
     wd = os.path.join(workdir, f"seed_{seed}")
     base = make_config(s, seed, num_unlabeled=s["num_labeled"])
     task = seft.make_task(base)
-    tokenizer = train_lib.make_tokenizer(base.tokenizer)
+    tokenizer = engine.make_tokenizer(base.tokenizer)
     sft_hf = seft.sft_stage(base, os.path.join(wd, "sft"))
     # reviser_steps = 0 (--quick only): the SFT policy stands in for the reviser, one stage less per seed
     reviser_hf = seft.reviser_stage(base, os.path.join(wd, "reviser"), sft_hf) if s["reviser_steps"] else sft_hf
@@ -131,7 +130,6 @@ def decide(rows_by_name: dict, s: dict) -> tuple[bool, str]:
 
 
 def main(argv=None) -> dict:
-    from experiments.reproduce import common
     args = common.parse_args("seft", argv)
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         # every seed and every U compiles the same few shapes; a persistent cache compiles each once

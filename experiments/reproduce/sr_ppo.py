@@ -1,6 +1,6 @@
 """Self-Rewarding PPO vs the SFT policy it starts from.
 
-Paper: Self-Rewarding PPO, aligning language models with demonstrations only (methods.md
+Paper: Self-Rewarding PPO, aligning language models with demonstrations only (docs/methods.md
 section 4): after SFT, run PPO with the reward `log pi_sft(y|x) - log pi_base(y|x)` (summed over
 the response, given at EOS), optionally with a KL penalty to pi_sft.
 
@@ -38,7 +38,7 @@ import time
 from experiments.reproduce import common, online_gains
 
 NAME = "sr_ppo"
-PAPER = "Self-Rewarding PPO: aligning language models with demonstrations only (methods.md section 4)"
+PAPER = "Self-Rewarding PPO: aligning language models with demonstrations only (docs/methods.md section 4)"
 CLAIM = ("PPO with the self-reward log pi_sft(y|x) - log pi_base(y|x) at EOS improves the gold reward of the SFT "
          "policy it starts from (~2-4 points in the paper), using demonstrations only.")
 FORMS = ("sr_ppo", "sr_ppo_token_mean")

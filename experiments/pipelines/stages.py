@@ -2,7 +2,7 @@
 
 The default experiment, the iterative pipelines and every `experiments/reproduce/<paper>.py`
 are built from these, so a stage behaves the same everywhere: a training stage is
-`alignment.train.train` on an engine config and is skipped when its export
+`alignment.learners.run` on an engine config and is skipped when its export
 (`WORKDIR/hf/config.json`) exists; an evaluation is cached as JSON. Re-running an experiment
 with the same workdir therefore only redoes what is missing.
 
@@ -18,14 +18,18 @@ import json
 import os
 from typing import Optional, Sequence
 
-STAGE_DEFAULTS_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                                   "configs", "sft.py")
+from alignment import data as data_lib
+from alignment import evaluation, learners, models, tasks
+from alignment.engine.config import base_config, short_stage
+from alignment.evaluation import harness
+
+__all__ = ["Samples", "evaluate", "run_stage", "sample", "sft_policy", "sft_stage_config", "short_stage",
+           "with_data", "write_demonstrations"]
 
 
 def write_demonstrations(task, out_dir: str, *, num_prompts: int, seed: int, num_eval: int = 64) -> str:
     """`out_dir/train.jsonl` ((prompt, completion) of the task's train split) and `out_dir/test.jsonl`
     (`num_eval` of its validation split, for the engine's held-out loss). Returns `out_dir`."""
-    from alignment import data as data_lib
     if num_prompts < 1 or num_eval < 1:
         raise ValueError(f"write_demonstrations: num_prompts={num_prompts} and num_eval={num_eval} must be >= 1")
     demos = task.demonstrations("train", num_prompts, seed)
@@ -37,9 +41,8 @@ def write_demonstrations(task, out_dir: str, *, num_prompts: int, seed: int, num
 
 def with_data(stage_cfg, *, data_dir: str, seed: int, tokenizer: str, init_from: str):
     """A copy of engine config `stage_cfg` reading `data_dir/{train,test}.jsonl`, with its seeds,
-    tokenizer and starting weights set."""
+    tokenizer and starting weights set (keys every engine config has)."""
     c = stage_cfg.copy_and_resolve_references()
-    c.unlock()
     c.seed = seed
     c.data.seed = seed
     c.tokenizer = tokenizer
@@ -47,50 +50,28 @@ def with_data(stage_cfg, *, data_dir: str, seed: int, tokenizer: str, init_from:
     c.data.source = "jsonl"
     c.data.files.train = os.path.join(data_dir, "train.jsonl")
     c.data.files.test = os.path.join(data_dir, "test.jsonl")
-    c.lock()
     return c
 
 
 def run_stage(config, workdir: str) -> str:
-    """Trains `config` in `workdir` unless `workdir/hf` holds its export; returns `workdir/hf`."""
-    from alignment import train as train_lib
-    if not config.export_hf:
+    """Trains `config` in `workdir` (`alignment.learners.run`: an engine config, or a pipeline
+    kind whose last stage exports to `workdir/hf`) unless `workdir/hf` holds its export;
+    returns `workdir/hf`."""
+    if "export_hf" in config and not config.export_hf:
         raise ValueError(f"run_stage({workdir}): config.export_hf must be True, the next stage reads WORKDIR/hf")
     hf = os.path.join(os.path.abspath(workdir), "hf")
     if not os.path.isfile(os.path.join(hf, "config.json")):
-        train_lib.train(config, workdir)
+        learners.run(config, workdir)
+        if not os.path.isfile(os.path.join(hf, "config.json")):
+            raise ValueError(f"run_stage({workdir}): the {config.kind!r} run exported no policy to {hf}")
     return hf
-
-
-def short_stage(c, *, steps: int, batch: int, lr: float, warmup: int, max_prompt_len: int, max_len: int):
-    """Sets engine config `c` up as one stage of a multi-run experiment: `steps` steps, one
-    checkpoint at the end, exported to WORKDIR/hf, no eval loss or TensorBoard, plain-text data.
-    Returns `c`."""
-    c.num_train_steps = steps
-    c.global_batch_size = batch
-    c.checkpoint_every_steps = steps
-    c.keep_checkpoints = 1
-    c.checkpoint_async = False
-    c.log_every_steps = max(1, steps // 10)
-    c.eval_every_steps = 0
-    c.export_hf = True
-    c.tensorboard = False
-    c.progress_bar = False
-    c.optim.learning_rate = lr
-    c.optim.warmup_steps = warmup
-    c.optim.weight_decay = 0.0
-    c.data.format = "plain"
-    c.data.max_prompt_len = max_prompt_len
-    c.data.max_len = max_len
-    return c
 
 
 def sft_stage_config(*, steps: int, preset: str = "tiny", lr: float = 3e-3, batch: int = 32,
                      max_prompt_len: int = 32, max_len: int = 64):
-    """The engine config of a short SFT stage (`configs/sft.py` defaults, cosine schedule, one
-    checkpoint at the end, exported to WORKDIR/hf)."""
-    from alignment import config_files
-    c = config_files.load_file(STAGE_DEFAULTS_FILE).base_config("sft", {"tiny": preset == "tiny", "loss": "sft"})
+    """The engine config of a short SFT stage (`alignment.engine.config.base_config("sft")`
+    defaults, cosine schedule, one checkpoint at the end, exported to WORKDIR/hf)."""
+    c = base_config("sft", {"tiny": preset == "tiny", "loss": "sft"})
     c.model.preset = preset
     return short_stage(c, steps=steps, batch=batch, lr=lr, warmup=max(1, min(steps // 10, 50)),
                        max_prompt_len=max_prompt_len, max_len=max_len)
@@ -101,7 +82,6 @@ def sft_policy(task_name: str, workdir: str, *, steps: int, num_prompts: int, se
                max_len: int = 64, init_from: str = "") -> str:
     """The miniature starting policy: `preset` (fresh, or `init_from`) SFT'd for `steps` on
     `num_prompts` demonstrations of `task_name`; exported to `workdir/hf` (reused when present)."""
-    from alignment import tasks
     hf = os.path.join(os.path.abspath(workdir), "hf")
     if os.path.isfile(os.path.join(hf, "config.json")):
         return hf
@@ -129,8 +109,6 @@ def sample(policy_hf: str, tokenizer, prompts: Sequence[str], *, samples_per_pro
            policy=None) -> Samples:
     """`samples_per_prompt` KV-cache samples of the HF policy at `policy_hf` (or the loaded `policy`)
     for every prompt (plain text, no chat template)."""
-    from alignment import models
-    from alignment.evaluation import harness
     if samples_per_prompt < 1 or not prompts:
         raise ValueError(f"sample: need prompts and samples_per_prompt >= 1 (got {len(prompts)} prompts, "
                          f"samples_per_prompt={samples_per_prompt})")
@@ -155,7 +133,6 @@ def evaluate(policy_hf: str, reference_hf: str, tokenizer, task, *, path: Option
     """`evaluation.evaluate_policy` of `policy_hf` against `reference_hf` (gold reward, win rate,
     KL, pass@k, ...); cached as JSON at `path` when given (a cache made with other settings is
     recomputed)."""
-    from alignment import evaluation, models
     settings = {"policy": os.path.abspath(policy_hf), "reference": os.path.abspath(reference_hf),
                 "task": task.name, "num_prompts": num_prompts, "samples_per_prompt": samples_per_prompt,
                 "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed, "split": split}
