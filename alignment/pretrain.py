@@ -18,7 +18,6 @@ checking its config.json against the requested shape, and a base shipped in
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -182,9 +181,9 @@ def train_tokenizer(texts, *, vocab_size: int, min_frequency: int):
 
 def train_config(config, *, tokenizer_dir: str, init_dir: str, data_dir: str) -> ml_collections.ConfigDict:
     """`config.train` (an engine config of kind "sft") with the run's paths filled in: the
-    corpus as documents with an empty prompt, so every token is trained."""
-    t = copy.deepcopy(config.train)
-    t.unlock()
+    corpus as documents with an empty prompt, so every token is trained. Only keys the stage
+    config declares are set (it stays locked)."""
+    t = config.train.copy_and_resolve_references()
     t.seed = config.seed
     t.tokenizer = tokenizer_dir
     t.model.init_from = init_dir
@@ -193,7 +192,6 @@ def train_config(config, *, tokenizer_dir: str, init_dir: str, data_dir: str) ->
     t.data.files.train = os.path.join(data_dir, "train.jsonl")
     t.data.files.test = os.path.join(data_dir, "test.jsonl")
     t.export_hf = True
-    t.lock()
     return t
 
 
