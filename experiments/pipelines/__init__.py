@@ -13,8 +13,8 @@ export reused, sampling, a cached evaluation).
 from alignment import learners
 from experiments.pipelines import per_step, rso, seft, stages
 
-learners.register("rso", rso.train_rso, validate=rso.check_rso_config)
-learners.register("per_step", per_step.train_per_step, validate=per_step.check_per_step_config)
+learners.register("rso", rso.train_rso, validate=rso.validate)
+learners.register("per_step", per_step.train_per_step, validate=per_step.validate)
 learners.register("seft", seft.train_seft, validate=seft.check_seft_config)
 
 __all__ = ["per_step", "rso", "seft", "stages"]

@@ -29,14 +29,14 @@ STATS_FILE = "per_step.json"
 DATA_DIR = "per_step_data"
 
 __all__ = ["DATA_DIR", "NoTrainingRows", "STATS_FILE", "check_per_step_config", "method_config", "sft_config",
-           "summary", "train_per_step"]
+           "summary", "train_per_step", "validate"]
 
 
 # ----------------------------------------------------------------------------- configs
 
 def check_per_step_config(config) -> None:
-    """Semantic checks of a `per_step` config (before any model is loaded); its stages are
-    checked by `learners.validate` in `train_per_step`."""
+    """Semantic checks of a `per_step` config (before any model is loaded); `validate` also
+    checks its stages."""
     s = config.per_step
     if s.method not in METHODS:
         raise ValueError(f"config.per_step.method must be one of {METHODS}, got {s.method!r}")
@@ -59,6 +59,15 @@ def check_per_step_config(config) -> None:
         if config[stage].data.chat_template:
             raise ValueError(f"config.{stage}.data.chat_template=True is not supported by per_step: its rows are "
                              "plain text")
+
+
+def validate(config, workdir: str = "WORKDIR") -> None:
+    """`check_per_step_config`, the task's step tools, then the checks of the stages that will run."""
+    check_per_step_config(config)
+    get_task(config)
+    learners.validate(method_config(config, workdir, config.init_from or "<sft stage>"))
+    if not config.init_from:
+        learners.validate(sft_config(config, workdir))
 
 
 def get_task(config):
@@ -178,14 +187,11 @@ def step_values_for(config, task, tokenizer, sft_hf: str, samples: per_step_lib.
 
 def train_per_step(config, workdir: str):
     """pi_sft -> samples -> RFT data or per-step / naive pairs -> the final stage in `workdir`."""
-    check_per_step_config(config)
     workdir = os.path.abspath(workdir)
+    validate(config, workdir)
     os.makedirs(workdir, exist_ok=True)
     s = config.per_step
     task = get_task(config)
-    learners.validate(method_config(config, workdir, config.init_from or "<sft stage>"))
-    if not config.init_from:
-        learners.validate(sft_config(config, workdir))
     tokenizer = engine.make_tokenizer(config.tokenizer)
     eos_ok = per_step_lib.prefix_eos_supported(tokenizer)
     sft_hf = sft_policy(config, workdir, task)

@@ -34,8 +34,8 @@ DATA_DIR = "rso_data"
 # ----------------------------------------------------------------------------- config checks
 
 def check_rso_config(config) -> None:
-    """Semantic checks of an `rso` config (before any model is loaded); its stages are checked by
-    `learners.validate` in `train_rso`."""
+    """Semantic checks of an `rso` config (before any model is loaded); `validate` also checks its
+    stages."""
     s = config.rso
     if s.sampler not in SAMPLERS:
         raise ValueError(f"config.rso.sampler must be one of {SAMPLERS}, got {s.sampler!r}")
@@ -175,16 +175,22 @@ def generation_settings(config, sft_path: str) -> dict:
             "reward": config.reward.to_dict()}
 
 
-def train_rso(config, workdir: str):
-    """SFT policy -> RSO pairs -> offline preference training in `workdir`; returns its state."""
+def validate(config, workdir: str = "WORKDIR") -> tuple:
+    """`check_rso_config`, then the checks of its stages (the `sft` stage only when it runs);
+    returns the (sft, preference) stage configs for `workdir`."""
     check_rso_config(config)
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    # the stages' configs must be valid before anything expensive runs
     sft, pref = stage_configs(config, workdir, config.init_from or "<sft stage>")
     learners.validate(pref)
     if not config.init_from:
         learners.validate(sft)
+    return sft, pref
+
+
+def train_rso(config, workdir: str):
+    """SFT policy -> RSO pairs -> offline preference training in `workdir`; returns its state."""
+    workdir = os.path.abspath(workdir)
+    validate(config, workdir)  # the stages' configs must be valid before anything expensive runs
+    os.makedirs(workdir, exist_ok=True)
     rewards_lib.check_reward_config(config.reward)
     sft_path = sft_policy(config, workdir)
     _, pref = stage_configs(config, workdir, sft_path)

@@ -41,6 +41,7 @@ import json
 import os
 import time
 
+import ml_collections
 import numpy as np
 
 from alignment import data as data_lib
@@ -149,7 +150,6 @@ def proxy_pairs(sft_hf: str, tokenizer, task, out_dir: str, seed: int, s: dict) 
 
 def preference_config(loss: str, s: dict):
     """The default experiment's DPO stage with `loss` (dpo | rpo) and this run's sizes."""
-    import ml_collections
     c = get_config(os.path.join(REPO, "configs", "default.py")).dpo.copy_and_resolve_references()
     c.unlock()
     t = s["train"]

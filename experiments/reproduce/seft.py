@@ -34,10 +34,12 @@ from __future__ import annotations
 
 import os
 import time
+
+import numpy as np
+
 from alignment import engine
 from alignment.engine.config import get_config
-from experiments.pipelines import seft
-from experiments.pipelines import stages
+from experiments.pipelines import seft, stages
 from experiments.reproduce import common
 
 PAPER = "Chen et al., 2024, Self-Evolution Fine-Tuning for Policy Optimization (SEFT)"
@@ -77,7 +79,6 @@ def make_config(s: dict, seed: int, *, num_unlabeled: int, init_from: str = "", 
 
 def evaluate(policy_hf: str, task, tokenizer, s: dict) -> dict:
     """Mean gold reward and solve rate (verified fraction) of temperature-1 samples on fixed test prompts."""
-    import numpy as np
     prompts = task.prompts("test", s["eval_prompts"], 0)
     k = s["eval_samples"]
     out = stages.sample(policy_hf, tokenizer, prompts, samples_per_prompt=k, max_new_tokens=16, temperature=1.0,
