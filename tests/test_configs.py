@@ -11,7 +11,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from alignment import learners, train
+from alignment import learners
 from alignment.engine import config as config_lib
 from alignment.learners.online_config import online_config
 import experiments.pipelines  # noqa: F401 - registers rso, per_step, seft
@@ -32,7 +32,7 @@ def test_every_config_has_the_contract_keys_and_validates(name, arg):
         assert isinstance(config[key], int)
     assert set(config.mesh.keys()) == {"data", "fsdp", "tensor"}
     if arg == "tiny":
-        train.validate_config(config)
+        learners.validate(config)
         assert config.tokenizer == "tiny" and config.model.preset == "tiny"
 
 
@@ -97,14 +97,14 @@ def _with(config, **updates):
 ])
 def test_validate_config_fails_early_with_the_key_named(updates, match):
     with pytest.raises(ValueError, match=match):
-        train.validate_config(_with(_load("sft").get_config("tiny"), **updates))
+        learners.validate(_with(_load("sft").get_config("tiny"), **updates))
 
 
 def test_dpo_token_level_and_reference_checks():
     dpo = _load("dpo")
     with pytest.raises(ValueError, match="per-token reference"):
-        train.validate_config(dpo.get_config("tiny,loss=token_dpo,reference=precomputed"))
-    train.validate_config(dpo.get_config("tiny,loss=token_dpo"))
+        learners.validate(dpo.get_config("tiny,loss=token_dpo,reference=precomputed"))
+    learners.validate(dpo.get_config("tiny,loss=token_dpo"))
 
 
 def test_cli_rejects_bad_override_before_building_anything(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from alignment import optim, sharding
-from alignment import train as T
+from alignment import engine as T
 from alignment.learners import offline
 
 
