@@ -1,4 +1,5 @@
 """alignment: a JAX/Flax research library for LLM policy optimisation."""
+
 from setuptools import find_packages, setup
 
 setup(
@@ -33,7 +34,15 @@ setup(
         "pyarrow",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "hypothesis", "nbclient", "nbformat", "ipykernel", "ruff==0.17.5"],
+        "test": [
+            "pytest",
+            "pytest-xdist",
+            "hypothesis",
+            "nbclient",
+            "nbformat",
+            "ipykernel",
+            "ruff==0.17.5",
+        ],
         # Parity references: tiny random Hugging Face models (transformers' torch models). torch is
         # pinned to the CPU wheel these machines carry; an unpinned torch pulls a multi-GB CUDA build.
         "parity": ["torch==2.13.0"],

@@ -54,10 +54,14 @@ class Checkpointer:
         self.every_steps = every_steps
         self._async = async_save
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, save_interval_steps=1, create=True,
-            enable_async_checkpointing=async_save)
-        self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              item_names=_HASHED_ITEMS)
+            max_to_keep=keep,
+            save_interval_steps=1,
+            create=True,
+            enable_async_checkpointing=async_save,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=_HASHED_ITEMS
+        )
         self._undigested: list[int] = []  # saved by this object, digest not yet written
 
     def latest_step(self) -> int | None:
@@ -75,8 +79,13 @@ class Checkpointer:
         # orbax waits for the previous async save before starting this one anyway: waiting here
         # costs nothing and lets the previous step's digest be written now
         self.wait()
-        saved = self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+        saved = self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+            ),
+            force=True,
+        )
         if saved:
             self._undigested.append(step)
             if not self._async:
@@ -87,9 +96,17 @@ class Checkpointer:
         """Returns `(state, data_state)`; `abstract_state` gives structure, dtypes and shardings
         (a pytree of `jax.ShapeDtypeStruct` with `.sharding`). The returned state has
         `ref_params=None`: the caller re-attaches its frozen reference."""
-        target = abstract_state.replace(ref_params=None) if hasattr(abstract_state, "ref_params") else abstract_state
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+        target = (
+            abstract_state.replace(ref_params=None)
+            if hasattr(abstract_state, "ref_params")
+            else abstract_state
+        )
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()
+            ),
+        )
         return restored["state"], restored["data"]
 
     def restore_latest(self, abstract_state):
@@ -100,8 +117,9 @@ class Checkpointer:
         A checkpoint whose files differ from its `sha256.json` is logged (a warning naming the
         step and the file) and the next older one is tried; once an intact one is found, the
         damaged ones move to `<directory>.damaged/<step>` (so the resumed run can save those steps
-        again). `CheckpointCorruptError` when none is intact (nothing is moved). A checkpoint without a digest (written by an older version, or the run stopped
-        between an async save's commit and its digest) is restored with a warning.
+        again). `CheckpointCorruptError` when none is intact (nothing is moved). A checkpoint
+        without a digest (written by an older version, or the run stopped between an async
+        save's commit and its digest) is restored with a warning.
         Collective: process 0 verifies and moves, every process restores the chosen step."""
         steps = sorted(self.all_steps(), reverse=True)
         if not steps:
@@ -114,8 +132,13 @@ class Checkpointer:
                     chosen = step
                     break
                 damaged.append(step)
-                log.warning("checkpoint step %d in %s is damaged (%s); falling back to the next "
-                            "older checkpoint", step, self.directory, problem)
+                log.warning(
+                    "checkpoint step %d in %s is damaged (%s); falling back to the next "
+                    "older checkpoint",
+                    step,
+                    self.directory,
+                    problem,
+                )
             if chosen >= 0:  # with none intact nothing moves: a re-run must not silently restart
                 for step in damaged:
                     self._quarantine(step)
@@ -125,7 +148,8 @@ class Checkpointer:
             raise CheckpointCorruptError(
                 f"no intact checkpoint in {self.directory}: steps {steps} all differ from their "
                 f"{DIGEST_FILE} (warnings above name the files); move the directory away to "
-                "start the run over")
+                "start the run over"
+            )
         if damaged or jax.process_count() > 1:
             self._manager.reload()  # the damaged steps moved away (on process 0)
         if damaged:
@@ -139,9 +163,13 @@ class Checkpointer:
         step_dir = os.path.join(self.directory, str(step))
         path = os.path.join(step_dir, DIGEST_FILE)
         if not os.path.isfile(path):
-            log.warning("checkpoint step %d in %s has no %s (an older version wrote it, or the "
-                        "run stopped before its digest was written): restoring it unverified",
-                        step, self.directory, DIGEST_FILE)
+            log.warning(
+                "checkpoint step %d in %s has no %s (an older version wrote it, or the "
+                "run stopped before its digest was written): restoring it unverified",
+                step,
+                self.directory,
+                DIGEST_FILE,
+            )
             return None
         try:
             with open(path) as f:
@@ -225,17 +253,21 @@ def gather_data_states(local_state: dict[str, Any]) -> dict[str, Any]:
     blob = np.frombuffer(json.dumps(local_state).encode(), dtype=np.uint8)
     lengths = multihost_utils.process_allgather(np.asarray([blob.size], np.int32))
     padded = np.zeros(int(np.max(lengths)), np.uint8)
-    padded[:blob.size] = blob
+    padded[: blob.size] = blob
     blobs = multihost_utils.process_allgather(padded)
-    return {f"process_{i}": json.loads(bytes(blobs[i][:int(lengths[i].reshape(-1)[0])]).decode())
-            for i in range(jax.process_count())}
+    return {
+        f"process_{i}": json.loads(bytes(blobs[i][: int(lengths[i].reshape(-1)[0])]).decode())
+        for i in range(jax.process_count())
+    }
 
 
 def local_data_state(data_states: dict[str, Any]) -> dict[str, Any]:
     key = f"process_{jax.process_index()}"
     if key not in data_states:
-        raise KeyError(f"checkpoint has data states for {sorted(data_states)} but this is {key}; "
-                       "resume with the same distributed.num_processes")
+        raise KeyError(
+            f"checkpoint has data states for {sorted(data_states)} but this is {key}; "
+            "resume with the same distributed.num_processes"
+        )
     return data_states[key]
 
 
@@ -259,8 +291,11 @@ def export_hf(graphdef, params, path: str, *, tokenizer=None) -> None:
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     # pad_token_id: a *ForSequenceClassification export (reward model) needs it to pool padded rows
-    models.save_pretrained(models.merge(graphdef, jax.device_get(params)), tmp,
-                           pad_token_id=None if tokenizer is None else tokenizer.pad_id)
+    models.save_pretrained(
+        models.merge(graphdef, jax.device_get(params)),
+        tmp,
+        pad_token_id=None if tokenizer is None else tokenizer.pad_id,
+    )
     if tokenizer is not None:
         tokenizer.save(tmp)
     shutil.rmtree(path, ignore_errors=True)

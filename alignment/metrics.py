@@ -31,7 +31,9 @@ def to_host(metrics: Mapping[str, Any]) -> dict[str, float]:
     for k, v in metrics.items():
         a = np.asarray(v)
         if a.size != 1:
-            raise ValueError(f"metric {k!r} has shape {a.shape}; the step must reduce metrics to scalars")
+            raise ValueError(
+                f"metric {k!r} has shape {a.shape}; the step must reduce metrics to scalars"
+            )
         out[k] = float(a.reshape(()))
     return out
 
@@ -41,8 +43,10 @@ def check_finite(metrics: Mapping[str, float], step: int) -> None:
     bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
     if bad:
         shown = ", ".join(f"{k}={metrics[k]}" for k in bad)
-        raise NonFiniteError(f"non-finite metric(s) at step {step}: {shown}; stopping without checkpointing "
-                             "this state (lower optim.learning_rate, check the data, or set optim.max_grad_norm)")
+        raise NonFiniteError(
+            f"non-finite metric(s) at step {step}: {shown}; stopping without checkpointing "
+            "this state (lower optim.learning_rate, check the data, or set optim.max_grad_norm)"
+        )
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -58,8 +62,16 @@ class MetricsWriter:
     the file holds each step once.
     """
 
-    def __init__(self, workdir: str, *, total_steps: int, start_step: int = 0, enabled: bool = True,
-                 tensorboard: bool = True, progress: bool | None = None):
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        total_steps: int,
+        start_step: int = 0,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        progress: bool | None = None,
+    ):
         self.enabled = enabled
         self.path = os.path.join(workdir, JSONL)
         self._tb = None
@@ -77,13 +89,19 @@ class MetricsWriter:
         if progress is None:
             progress = sys.stderr.isatty()
         if progress:
-            self._bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, desc="train")
+            self._bar = tqdm(
+                total=total_steps, initial=start_step, dynamic_ncols=True, desc="train"
+            )
         self._last = start_step
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self.enabled:
             return
-        record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}, "time": time.time()}
+        record = {
+            "step": int(step),
+            **{k: float(v) for k, v in metrics.items()},
+            "time": time.time(),
+        }
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         if self._tb is not None:

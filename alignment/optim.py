@@ -50,7 +50,9 @@ def make_schedule(cfg: Mapping[str, Any], num_train_steps: int) -> optax.Schedul
     if kind not in SCHEDULES:
         raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {kind!r}")
     if warmup < 0 or warmup > num_train_steps:
-        raise ValueError(f"optim.warmup_steps={warmup} must lie in [0, num_train_steps={num_train_steps}]")
+        raise ValueError(
+            f"optim.warmup_steps={warmup} must lie in [0, num_train_steps={num_train_steps}]"
+        )
     decay_steps = max(num_train_steps - warmup, 1)
     if kind == "constant":
         after = optax.constant_schedule(peak)
@@ -72,6 +74,7 @@ def decay_mask(params, cfg: Mapping[str, Any]):
         if jnp.ndim(x) < min_ndim:
             return False
         return not (pattern and pattern.search(path_str(path)))
+
     return jax.tree_util.tree_map_with_path(one, params)
 
 
@@ -81,13 +84,16 @@ def trainable_labels(params, freeze_regex: str):
         return jax.tree.map(lambda _: "train", params)
     pattern = re.compile(freeze_regex)
     labels = jax.tree_util.tree_map_with_path(
-        lambda p, _: "frozen" if pattern.search(path_str(p)) else "train", params)
+        lambda p, _: "frozen" if pattern.search(path_str(p)) else "train", params
+    )
     if all(lab == "frozen" for lab in jax.tree.leaves(labels)):
         raise ValueError(f"optim.freeze_regex={freeze_regex!r} freezes every parameter")
     return labels
 
 
-def make_optimizer(cfg: Mapping[str, Any], params, num_train_steps: int) -> optax.GradientTransformation:
+def make_optimizer(
+    cfg: Mapping[str, Any], params, num_train_steps: int
+) -> optax.GradientTransformation:
     """Builds the chain described in the module docstring for the parameter pytree `params`
     (concrete or abstract: only structure, paths and ndim are read)."""
     if cfg["name"] != "adamw":
@@ -96,12 +102,18 @@ def make_optimizer(cfg: Mapping[str, Any], params, num_train_steps: int) -> opta
     parts = []
     if float(cfg["max_grad_norm"]) > 0:
         parts.append(optax.clip_by_global_norm(float(cfg["max_grad_norm"])))
-    parts.append(optax.scale_by_adam(b1=float(cfg["b1"]), b2=float(cfg["b2"]), eps=float(cfg["eps"])))
+    parts.append(
+        optax.scale_by_adam(b1=float(cfg["b1"]), b2=float(cfg["b2"]), eps=float(cfg["eps"]))
+    )
     if float(cfg["weight_decay"]) > 0:
-        parts.append(optax.add_decayed_weights(float(cfg["weight_decay"]), mask=decay_mask(params, cfg)))
+        parts.append(
+            optax.add_decayed_weights(float(cfg["weight_decay"]), mask=decay_mask(params, cfg))
+        )
     parts.append(optax.scale_by_learning_rate(schedule))
     tx = optax.chain(*parts)
     if cfg["freeze_regex"]:
-        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
-                                   trainable_labels(params, cfg["freeze_regex"]))
+        tx = optax.multi_transform(
+            {"train": tx, "frozen": optax.set_to_zero()},
+            trainable_labels(params, cfg["freeze_regex"]),
+        )
     return tx

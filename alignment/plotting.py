@@ -4,6 +4,7 @@ module never changes a global backend and works on headless machines).
     frontier_plot([{"kl": 0.4, "gold_reward": 0.7, "label": "beta=0.1", "series": "dpo"}, ...], "f.png")
     metrics_plot(metrics_jsonl_rows, ["loss", "kl"], "curves.png")
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,14 @@ def _save(fig: Figure, path: str) -> str:
     return path
 
 
-def frontier_plot(points: Sequence[Mapping[str, Any]], path: str, *, title: str = "gold reward vs KL",
-                  x_key: str = "kl", y_key: str = "gold_reward") -> str:
+def frontier_plot(
+    points: Sequence[Mapping[str, Any]],
+    path: str,
+    *,
+    title: str = "gold reward vs KL",
+    x_key: str = "kl",
+    y_key: str = "gold_reward",
+) -> str:
     """Reward-vs-KL frontier (Gao et al. 2023, "Scaling laws for reward model overoptimization";
     the DPO paper's Fig. 2): one marker per run or checkpoint, points of the same `series` joined in
     order of KL, `label` written next to each point, error bars from `<key>_stderr` when present.
@@ -50,8 +57,16 @@ def frontier_plot(points: Sequence[Mapping[str, Any]], path: str, *, title: str 
     for name, pts in series.items():
         pts.sort()
         xs, ys, xerrs, yerrs, labels = zip(*pts)
-        ax.errorbar(xs, ys, xerr=xerrs, yerr=yerrs, marker="o", capsize=2,
-                    linestyle="-" if len(pts) > 1 else "none", label=name or None)
+        ax.errorbar(
+            xs,
+            ys,
+            xerr=xerrs,
+            yerr=yerrs,
+            marker="o",
+            capsize=2,
+            linestyle="-" if len(pts) > 1 else "none",
+            label=name or None,
+        )
         for x, y, label in zip(xs, ys, labels):
             if label:
                 ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)

@@ -16,6 +16,7 @@ Where the base lives (`resolve_base`): `config.cache_dir` when set, else
 checking its config.json against the requested shape, and a base shipped in
 `alignment/assets/bases/<task>/` is used as is when it was made from the same config hash.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,17 +47,45 @@ CONFIG_RECORD = "pretrain_config.json"  # written next to config.json: the confi
 # the keys of `config.train` that decide what the base computes; the rest (logging, checkpoint
 # cadence, data-pipeline switches the corpus does not use, keys other parts of the library add
 # later with neutral defaults) stay out of the hash, so a shipped base survives them
-HASHED_TRAIN_KEYS = ("num_train_steps", "global_batch_size", "grad_accum_steps", "loss", "loss_kwargs",
-                     "optim.name", "optim.learning_rate", "optim.schedule", "optim.warmup_steps",
-                     "optim.end_lr_factor", "optim.b1", "optim.b2", "optim.eps", "optim.weight_decay",
-                     "optim.max_grad_norm", "model.dtype", "model.param_dtype", "data.max_len",
-                     "data.max_prompt_len", "data.truncation", "data.shuffle", "data.seed")
+HASHED_TRAIN_KEYS = (
+    "num_train_steps",
+    "global_batch_size",
+    "grad_accum_steps",
+    "loss",
+    "loss_kwargs",
+    "optim.name",
+    "optim.learning_rate",
+    "optim.schedule",
+    "optim.warmup_steps",
+    "optim.end_lr_factor",
+    "optim.b1",
+    "optim.b2",
+    "optim.eps",
+    "optim.weight_decay",
+    "optim.max_grad_norm",
+    "model.dtype",
+    "model.param_dtype",
+    "data.max_len",
+    "data.max_prompt_len",
+    "data.truncation",
+    "data.shuffle",
+    "data.seed",
+)
 # ModelConfig fields that config.model sets, checked against a cached config.json
-SHAPE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
-                "max_seq_len")
+SHAPE_FIELDS = (
+    "vocab_size",
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "head_dim",
+    "d_ff",
+    "max_seq_len",
+)
 
 
 # ----------------------------------------------------------------------------- identity
+
 
 def hashed_fields(config) -> dict[str, Any]:
     """What identifies a base: everything but `cache_dir` and `train`, plus HASHED_TRAIN_KEYS."""
@@ -71,7 +100,9 @@ def hashed_fields(config) -> dict[str, Any]:
 
 def config_hash(config: ml_collections.ConfigDict) -> str:
     """12 hex digits of sha256 over the canonical JSON of `hashed_fields(config)`."""
-    return hashlib.sha256(json.dumps(hashed_fields(config), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return hashlib.sha256(
+        json.dumps(hashed_fields(config), sort_keys=True, default=str).encode()
+    ).hexdigest()[:12]
 
 
 def default_cache_root() -> pathlib.Path:
@@ -90,9 +121,18 @@ def model_config(config, vocab_size: int):
     multiple of `model.vocab_multiple`, so the vocab axis splits over tensor-parallel meshes)."""
     m = config.model
     vocab = -(-vocab_size // m.vocab_multiple) * m.vocab_multiple
-    return models.get_preset("tiny", vocab_size=vocab, d_model=m.d_model, n_layers=m.n_layers,
-                             n_heads=m.n_heads, n_kv_heads=m.n_kv_heads, head_dim=m.head_dim, d_ff=m.d_ff,
-                             max_seq_len=m.max_seq_len, tie_embeddings=m.tie_embeddings)
+    return models.get_preset(
+        "tiny",
+        vocab_size=vocab,
+        d_model=m.d_model,
+        n_layers=m.n_layers,
+        n_heads=m.n_heads,
+        n_kv_heads=m.n_kv_heads,
+        head_dim=m.head_dim,
+        d_ff=m.d_ff,
+        max_seq_len=m.max_seq_len,
+        tie_embeddings=m.tie_embeddings,
+    )
 
 
 def check_base(path, config, *, vocab_size: int | None = None) -> None:
@@ -106,15 +146,24 @@ def check_base(path, config, *, vocab_size: int | None = None) -> None:
         hf = json.load(f)
     have = hf_lib.config_from_hf(hf, where=str(cfg_file))
     m = config.model
-    want = {"d_model": m.d_model, "n_layers": m.n_layers, "n_heads": m.n_heads, "n_kv_heads": m.n_kv_heads,
-            "head_dim": m.head_dim, "d_ff": m.d_ff, "max_seq_len": m.max_seq_len,
-            "tie_embeddings": m.tie_embeddings}
+    want = {
+        "d_model": m.d_model,
+        "n_layers": m.n_layers,
+        "n_heads": m.n_heads,
+        "n_kv_heads": m.n_kv_heads,
+        "head_dim": m.head_dim,
+        "d_ff": m.d_ff,
+        "max_seq_len": m.max_seq_len,
+        "tie_embeddings": m.tie_embeddings,
+    }
     if vocab_size is not None:
         want["vocab_size"] = -(-vocab_size // m.vocab_multiple) * m.vocab_multiple
     for field, value in want.items():
         if getattr(have, field) != value:
-            raise ValueError(f"{path} holds a model with {field}={getattr(have, field)!r}, but the config asks for "
-                             f"{field}={value!r}; delete the folder or point cache_dir elsewhere")
+            raise ValueError(
+                f"{path} holds a model with {field}={getattr(have, field)!r}, but the config asks for "
+                f"{field}={value!r}; delete the folder or point cache_dir elsewhere"
+            )
     for name in ("tokenizer.json", "tokenizer_config.json"):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path}: base model folder has no {name}")
@@ -135,9 +184,12 @@ def shipped_base(config) -> pathlib.Path | None:
 
 # ----------------------------------------------------------------------------- corpus & tokenizer
 
+
 def get_task(config):
     if config.task not in tasks.available():
-        raise ValueError(f"pretrain: unknown task {config.task!r}; valid tasks: {', '.join(tasks.available())}")
+        raise ValueError(
+            f"pretrain: unknown task {config.task!r}; valid tasks: {', '.join(tasks.available())}"
+        )
     return tasks.get_task(config.task, **json.loads(config.task_kwargs or "{}"))
 
 
@@ -147,8 +199,10 @@ def corpus(config) -> list[str]:
     task = get_task(config)
     c = config.corpus
     if c.num_prompts < 1 or c.demos_per_prompt < 0:
-        raise ValueError(f"pretrain: corpus.num_prompts must be >= 1 and corpus.demos_per_prompt >= 0, got "
-                         f"{c.num_prompts} and {c.demos_per_prompt}")
+        raise ValueError(
+            f"pretrain: corpus.num_prompts must be >= 1 and corpus.demos_per_prompt >= 0, got "
+            f"{c.num_prompts} and {c.demos_per_prompt}"
+        )
     prompts = task.prompts("train", c.num_prompts, config.seed)
     docs = list(prompts)
     for k in range(c.demos_per_prompt):
@@ -161,25 +215,40 @@ def train_tokenizer(texts, *, vocab_size: int, min_frequency: int):
     """Byte-level BPE on `texts` with <pad>=0, <bos>=1, <eos>=2 (BOS prepended by
     `encode(..., add_special_tokens=True)`), as an `alignment.tokenizer.Tokenizer`."""
     if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ValueError(f"pretrain: tokenizer.vocab_size={vocab_size} is below the 256 byte tokens + "
-                         f"{len(SPECIAL_TOKENS)} special tokens of byte-level BPE")
+        raise ValueError(
+            f"pretrain: tokenizer.vocab_size={vocab_size} is below the 256 byte tokens + "
+            f"{len(SPECIAL_TOKENS)} special tokens of byte-level BPE"
+        )
     tok = tokenizers.Tokenizer(tok_models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
-                                  special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        show_progress=False,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(list(texts), trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", tok.token_to_id("<bos>"))])
-    config = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
-              "clean_up_tokenization_spaces": False, "model_max_length": 1 << 20}
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", tok.token_to_id("<bos>"))]
+    )
+    config = {
+        "bos_token": "<bos>",
+        "eos_token": "<eos>",
+        "pad_token": "<pad>",
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 1 << 20,
+    }
     return Tokenizer.from_tokenizers(tok, **config)
 
 
 # ----------------------------------------------------------------------------- training
 
-def train_config(config, *, tokenizer_dir: str, init_dir: str, data_dir: str) -> ml_collections.ConfigDict:
+
+def train_config(
+    config, *, tokenizer_dir: str, init_dir: str, data_dir: str
+) -> ml_collections.ConfigDict:
     """`config.train` (an engine config of kind "sft") with the run's paths filled in: the
     corpus as documents with an empty prompt, so every token is trained. Only keys the stage
     config declares are set (it stays locked)."""
@@ -199,11 +268,17 @@ def pretrain(config, out_dir) -> pathlib.Path:
     """Trains the base of `config` from scratch into `out_dir` (written whole, then renamed)."""
     out_dir = pathlib.Path(out_dir)
     docs = corpus(config)
-    tokenizer = train_tokenizer(docs, vocab_size=config.tokenizer.vocab_size,
-                                min_frequency=config.tokenizer.min_frequency)
+    tokenizer = train_tokenizer(
+        docs, vocab_size=config.tokenizer.vocab_size, min_frequency=config.tokenizer.min_frequency
+    )
     model_cfg = model_config(config, tokenizer.vocab_size)
-    log.info("pretrain %s: %d documents, %d BPE ids, %.2fM parameters", config.task, len(docs),
-             tokenizer.vocab_size, model_cfg.num_params() / 1e6)
+    log.info(
+        "pretrain %s: %d documents, %d BPE ids, %.2fM parameters",
+        config.task,
+        len(docs),
+        tokenizer.vocab_size,
+        model_cfg.num_params() / 1e6,
+    )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -218,16 +293,30 @@ def pretrain(config, out_dir) -> pathlib.Path:
         # held-out documents for the engine's eval loss; the last ones (demonstrations)
         data_lib.write_jsonl(rows, work / "data" / "train.jsonl")
         data_lib.write_jsonl(rows[-n_eval:], work / "data" / "test.jsonl")
-        t = train_config(config, tokenizer_dir=str(work / "tokenizer"), init_dir=str(work / "init"),
-                         data_dir=str(work / "data"))
+        t = train_config(
+            config,
+            tokenizer_dir=str(work / "tokenizer"),
+            init_dir=str(work / "init"),
+            data_dir=str(work / "data"),
+        )
         learners.run(t, str(work / "run"))
         final = work / "run" / "hf"
         with open(final / CONFIG_RECORD, "w") as f:
-            json.dump({"hash": config_hash(config), "config": config.to_dict(), "num_documents": len(docs)},
-                      f, indent=2, sort_keys=True)
+            json.dump(
+                {
+                    "hash": config_hash(config),
+                    "config": config.to_dict(),
+                    "num_documents": len(docs),
+                },
+                f,
+                indent=2,
+                sort_keys=True,
+            )
         shutil.copy(work / "run" / "metrics.jsonl", final / "pretrain_metrics.jsonl")
         for f in final.iterdir():
-            f.chmod(0o644)  # some writers create owner-only files; a shipped or shared cache must be readable
+            f.chmod(
+                0o644
+            )  # some writers create owner-only files; a shipped or shared cache must be readable
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(final, out_dir)
     finally:
@@ -248,8 +337,10 @@ def resolve_base(config) -> tuple[pathlib.Path, str]:
             check_base(shipped, config)
             return shipped, "shipped"
     if target.exists() and any(target.iterdir()):
-        raise ValueError(f"{target} exists and is not empty but holds no config.json: not a base model folder; "
-                         "delete it or point cache_dir elsewhere")
+        raise ValueError(
+            f"{target} exists and is not empty but holds no config.json: not a base model folder; "
+            "delete it or point cache_dir elsewhere"
+        )
     return target, "train"
 
 
@@ -269,6 +360,9 @@ def describe(path) -> dict[str, Any]:
     with open(path / "config.json") as f:
         hf = json.load(f)
     cfg = hf_lib.config_from_hf(hf)
-    return {"path": str(path), "num_params": cfg.num_params(),
-            **{k: getattr(cfg, k) for k in SHAPE_FIELDS},
-            "bytes": sum(p.stat().st_size for p in path.iterdir() if p.is_file())}
+    return {
+        "path": str(path),
+        "num_params": cfg.num_params(),
+        **{k: getattr(cfg, k) for k in SHAPE_FIELDS},
+        "bytes": sum(p.stat().st_size for p in path.iterdir() if p.is_file()),
+    }

@@ -14,7 +14,8 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -47,20 +48,27 @@ def mesh_shape(mesh_cfg: Mapping[str, int], num_devices: int | None = None) -> t
     if bad:
         raise ValueError(f"mesh.{bad[0]} must be a positive integer or -1, got {mesh_cfg[bad[0]]}")
     if sizes.count(-1) > 1:
-        raise ValueError(f"at most one of mesh.data/fsdp/tensor may be -1, got {dict(zip(MESH_AXES, sizes))}")
+        raise ValueError(
+            f"at most one of mesh.data/fsdp/tensor may be -1, got {dict(zip(MESH_AXES, sizes))}"
+        )
     if -1 in sizes:
         known = math.prod(s for s in sizes if s != -1)
         if n % known:
-            raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))}: {n} devices are not divisible by {known}")
+            raise ValueError(
+                f"mesh {dict(zip(MESH_AXES, sizes))}: {n} devices are not divisible by {known}"
+            )
         sizes[sizes.index(-1)] = n // known
     if math.prod(sizes) != n:
         raise ValueError(
             f"mesh {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} devices but {n} are available; "
-            "set one of mesh.data/fsdp/tensor to -1 to fill")
+            "set one of mesh.data/fsdp/tensor to -1 to fill"
+        )
     return tuple(sizes)  # type: ignore[return-value]
 
 
-def make_mesh(mesh_cfg: Mapping[str, int] | None = None, devices: Sequence[Any] | None = None) -> Mesh:
+def make_mesh(
+    mesh_cfg: Mapping[str, int] | None = None, devices: Sequence[Any] | None = None
+) -> Mesh:
     """A `(data, fsdp, tensor)` mesh with automatic (not explicit) sharding axes."""
     mesh_cfg = mesh_cfg or {"data": 1, "fsdp": -1, "tensor": 1}
     devices = list(jax.devices() if devices is None else devices)
@@ -70,8 +78,12 @@ def make_mesh(mesh_cfg: Mapping[str, int] | None = None, devices: Sequence[Any] 
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
-def logical_to_spec(logical_axes: Sequence[str | None] | None, shape: Sequence[int] | None = None,
-                    mesh: Mesh | None = None, rules: Mapping[str, Any] | None = None) -> P:
+def logical_to_spec(
+    logical_axes: Sequence[str | None] | None,
+    shape: Sequence[int] | None = None,
+    mesh: Mesh | None = None,
+    rules: Mapping[str, Any] | None = None,
+) -> P:
     """Maps logical axis names to a `PartitionSpec` through the rule table.
 
     A dimension not divisible by its mesh axes is replicated instead (tiny test models have
@@ -88,7 +100,9 @@ def logical_to_spec(logical_axes: Sequence[str | None] | None, shape: Sequence[i
             spec.append(None)
             continue
         if name not in rules:
-            raise ValueError(f"logical axis {name!r} has no rule in alignment.sharding.LOGICAL_RULES")
+            raise ValueError(
+                f"logical axis {name!r} has no rule in alignment.sharding.LOGICAL_RULES"
+            )
         target = rules[name]
         axes = (target,) if isinstance(target, str) else tuple(target or ())
         axes = tuple(a for a in axes if a not in used)
@@ -100,8 +114,12 @@ def logical_to_spec(logical_axes: Sequence[str | None] | None, shape: Sequence[i
                     key = (name, shape[i], size)
                     if key not in _warned:
                         _warned.add(key)
-                        logging.info("replicating logical axis %r of size %d (not divisible by %d)",
-                                     name, shape[i], size)
+                        logging.info(
+                            "replicating logical axis %r of size %d (not divisible by %d)",
+                            name,
+                            shape[i],
+                            size,
+                        )
                     axes = ()
         used.update(axes)
         spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
@@ -119,10 +137,14 @@ def state_logical_axes(state):
 
 def state_shardings(state, mesh: Mesh, rules: Mapping[str, Any] | None = None):
     """`NamedSharding`s for an `nnx.State` (abstract or concrete), from each Variable's logical axes."""
+
     def one(v):
         value = v.value if _is_variable(v) else v
         axes = v.get_metadata().get("logical_axes") if _is_variable(v) else None
-        return NamedSharding(mesh, logical_to_spec(axes, getattr(value, "shape", None), mesh, rules))
+        return NamedSharding(
+            mesh, logical_to_spec(axes, getattr(value, "shape", None), mesh, rules)
+        )
+
     return jax.tree.map(one, state, is_leaf=_is_variable)
 
 

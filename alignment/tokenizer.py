@@ -10,6 +10,7 @@ for a missing folder, a special token outside the vocabulary, or a missing chat 
 model preset's 256) with byte fallback for non-ASCII text and a small chat template, for tests
 and tiny runs.
 """
+
 from __future__ import annotations
 
 import functools
@@ -19,6 +20,7 @@ import pathlib
 from typing import Any, Mapping, Sequence
 
 import tokenizers
+
 # A hard dependency imported at the top: `import transformers` is a lazy module (~0.6 s, no
 # torch). Its AutoTokenizer imports torch where torch is installed (+1.5 s on first use); the
 # tiny tokenizer (PreTrainedTokenizerFast) does not.
@@ -43,8 +45,10 @@ class Tokenizer:
 
     def __init__(self, hf: transformers.PreTrainedTokenizerBase):
         if not isinstance(hf, transformers.PreTrainedTokenizerBase):
-            raise TypeError(f"Tokenizer: expected a transformers tokenizer, got {type(hf).__name__}"
-                            " (use Tokenizer.from_pretrained or Tokenizer.from_tokenizers)")
+            raise TypeError(
+                f"Tokenizer: expected a transformers tokenizer, got {type(hf).__name__}"
+                " (use Tokenizer.from_pretrained or Tokenizer.from_tokenizers)"
+            )
         self.hf = hf
 
     # -- construction ------------------------------------------------------------------------------
@@ -58,22 +62,26 @@ class Tokenizer:
             raise FileNotFoundError(f"Tokenizer.from_pretrained: {path} is not a directory")
         if not ((path / "tokenizer.json").exists() or (path / "tokenizer.model").exists()):
             raise FileNotFoundError(
-                f"Tokenizer.from_pretrained: {path} has neither tokenizer.json nor tokenizer.model")
+                f"Tokenizer.from_pretrained: {path} has neither tokenizer.json nor tokenizer.model"
+            )
         _check_special_tokens(path)
         return cls(transformers.AutoTokenizer.from_pretrained(str(path)))
 
     @classmethod
-    def from_tokenizers(cls, backend: tokenizers.Tokenizer, *, chat_template: str | None = None,
-                        **config) -> "Tokenizer":
+    def from_tokenizers(
+        cls, backend: tokenizers.Tokenizer, *, chat_template: str | None = None, **config
+    ) -> "Tokenizer":
         """Wraps a `tokenizers.Tokenizer` built in memory; `config` holds what
         tokenizer_config.json would (`bos_token`, `eos_token`, `pad_token`, ...)."""
         for name in SPECIAL_TOKEN_NAMES:
             token = config.get(name)
             if token is not None and backend.token_to_id(token) is None:
                 raise ValueError(
-                    f"Tokenizer.from_tokenizers: {name}={token!r} is not in the vocabulary")
-        hf = transformers.PreTrainedTokenizerFast(tokenizer_object=backend,
-                                                  chat_template=chat_template, **config)
+                    f"Tokenizer.from_tokenizers: {name}={token!r} is not in the vocabulary"
+                )
+        hf = transformers.PreTrainedTokenizerFast(
+            tokenizer_object=backend, chat_template=chat_template, **config
+        )
         return cls(hf)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
@@ -143,45 +151,66 @@ class Tokenizer:
             raise TypeError(f"Tokenizer.encode: text must be a str, got {type(text).__name__}")
         return list(self.hf.encode(text, add_special_tokens=add_special_tokens))
 
-    def encode_batch(self, texts: Sequence[str],
-                     add_special_tokens: bool = False) -> list[list[int]]:
+    def encode_batch(
+        self, texts: Sequence[str], add_special_tokens: bool = False
+    ) -> list[list[int]]:
         return [self.encode(t, add_special_tokens) for t in texts]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         ids = [int(i) for i in ids]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
-            raise ValueError(f"Tokenizer.decode: ids {bad[:5]} are outside the vocabulary "
-                             f"[0, {self.vocab_size})")
+            raise ValueError(
+                f"Tokenizer.decode: ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})"
+            )
         return self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
 
     # -- chat --------------------------------------------------------------------------------------
 
-    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], *,
-                            add_generation_prompt: bool = False, tokenize: bool = False,
-                            chat_template: str | None = None, **kwargs) -> str | list[int]:
+    def apply_chat_template(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = False,
+        tokenize: bool = False,
+        chat_template: str | None = None,
+        **kwargs,
+    ) -> str | list[int]:
         """Renders one conversation (`[{"role", "content"}, ...]`) with the model's template.
 
         Returns the text, or its ids (no special tokens added beyond the template's) when
         `tokenize`. Extra keyword arguments (`enable_thinking=False`, `tools=[...]`, ...) are
         template variables, as in `transformers`.
         """
-        if not isinstance(messages, (list, tuple)) or not messages or not all(
-                isinstance(m, Mapping) for m in messages):
-            raise ValueError("apply_chat_template: messages must be a non-empty list of dicts, "
-                             f"got {messages!r}")
+        if (
+            not isinstance(messages, (list, tuple))
+            or not messages
+            or not all(isinstance(m, Mapping) for m in messages)
+        ):
+            raise ValueError(
+                f"apply_chat_template: messages must be a non-empty list of dicts, got {messages!r}"
+            )
         if chat_template is None and self.hf.chat_template is None:
-            raise ValueError("apply_chat_template: this tokenizer has no chat_template (none in "
-                             "tokenizer_config.json, no chat_template.jinja); "
-                             "pass chat_template=...")
+            raise ValueError(
+                "apply_chat_template: this tokenizer has no chat_template (none in "
+                "tokenizer_config.json, no chat_template.jinja); "
+                "pass chat_template=..."
+            )
         out = self.hf.apply_chat_template(
-            list(messages), add_generation_prompt=add_generation_prompt, tokenize=tokenize,
-            return_dict=False, chat_template=chat_template, **kwargs)
+            list(messages),
+            add_generation_prompt=add_generation_prompt,
+            tokenize=tokenize,
+            return_dict=False,
+            chat_template=chat_template,
+            **kwargs,
+        )
         return list(out) if tokenize else out
 
     def __repr__(self):
-        return (f"Tokenizer({type(self.hf).__name__}, vocab_size={self.vocab_size}, "
-                f"bos={self.bos_id}, eos={self.eos_id}, pad={self.pad_id})")
+        return (
+            f"Tokenizer({type(self.hf).__name__}, vocab_size={self.vocab_size}, "
+            f"bos={self.bos_id}, eos={self.eos_id}, pad={self.pad_id})"
+        )
 
 
 def _check_special_tokens(path: pathlib.Path) -> None:
@@ -199,8 +228,9 @@ def _check_special_tokens(path: pathlib.Path) -> None:
     backend = tokenizers.Tokenizer.from_file(str(vocab_file))
     for name, token in wanted.items():
         if backend.token_to_id(token) is None:
-            raise ValueError(f"{config_file}: {name}={token!r} is not in the vocabulary of "
-                             f"{vocab_file.name}")
+            raise ValueError(
+                f"{config_file}: {name}={token!r} is not in the vocabulary of {vocab_file.name}"
+            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,7 +238,14 @@ def _check_special_tokens(path: pathlib.Path) -> None:
 # ----------------------------------------------------------------------------------------------
 
 TINY_SPECIAL_TOKENS = (
-    "<pad>", "<bos>", "<eos>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>")
+    "<pad>",
+    "<bos>",
+    "<eos>",
+    "<unk>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+)
 
 TINY_CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -218,7 +255,8 @@ TINY_CHAT_TEMPLATE = (
     "{% endif %}"
     "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -231,18 +269,26 @@ def _tiny_tokenizer_json() -> str:
         vocab[token] = len(vocab)
     for c in ["\t", "\n"] + [chr(b) for b in range(0x20, 0x7F)]:
         vocab[c] = len(vocab)
-    fallback = ([b for b in range(0x20) if b not in (0x09, 0x0A)] + [0x7F]
-                + list(range(0x80, 0xC0)) + list(range(0xC2, 0xF5)))
+    fallback = (
+        [b for b in range(0x20) if b not in (0x09, 0x0A)]
+        + [0x7F]
+        + list(range(0x80, 0xC0))
+        + list(range(0xC2, 0xF5))
+    )
     for b in fallback:
         vocab[f"<0x{b:02X}>"] = len(vocab)
-    tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=[], unk_token="<unk>",
-                                                     byte_fallback=True))
-    tok.decoder = tokenizers.decoders.Sequence([tokenizers.decoders.ByteFallback(),
-                                                tokenizers.decoders.Fuse()])
-    tok.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False)
-                            for t in TINY_SPECIAL_TOKENS])
+    tok = tokenizers.Tokenizer(
+        tokenizers.models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True)
+    )
+    tok.decoder = tokenizers.decoders.Sequence(
+        [tokenizers.decoders.ByteFallback(), tokenizers.decoders.Fuse()]
+    )
+    tok.add_special_tokens(
+        [tokenizers.AddedToken(t, special=True, normalized=False) for t in TINY_SPECIAL_TOKENS]
+    )
     tok.post_processor = tokenizers.processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])])
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
     return tok.to_str()
 
 
@@ -252,7 +298,13 @@ def tiny_tokenizer() -> Tokenizer:
     Same ids in every process (no training); `encode(text, add_special_tokens=True)` prepends <bos>.
     """
     return Tokenizer.from_tokenizers(
-        tokenizers.Tokenizer.from_str(_tiny_tokenizer_json()), chat_template=TINY_CHAT_TEMPLATE,
-        bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>",
+        tokenizers.Tokenizer.from_str(_tiny_tokenizer_json()),
+        chat_template=TINY_CHAT_TEMPLATE,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        pad_token="<pad>",
         additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"],
-        clean_up_tokenization_spaces=False, model_max_length=1 << 20)
+        clean_up_tokenization_spaces=False,
+        model_max_length=1 << 20,
+    )

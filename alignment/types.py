@@ -21,8 +21,9 @@ class TrainState:
     when it is evaluated inside the step (`reference.mode == "in_step"`); it is never
     checkpointed (it is re-created from the initial weights on resume).
     """
-    step: jax.Array             # int32 scalar: number of optimizer updates applied
+
+    step: jax.Array  # int32 scalar: number of optimizer updates applied
     params: Any
     opt_state: Any
-    rng: jax.Array              # uint32 [2] raw PRNG key, folded with `step` inside the step
+    rng: jax.Array  # uint32 [2] raw PRNG key, folded with `step` inside the step
     ref_params: Any = None

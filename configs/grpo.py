@@ -25,8 +25,7 @@ VARIANTS = ("grpo", "rloo", "dr_grpo", "dapo", "gspo")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = parse_arg(
-        arg, {"tiny": False, "task": "sorting", "variant": "grpo"})
+    args = parse_arg(arg, {"tiny": False, "task": "sorting", "variant": "grpo"})
     variant = str(args["variant"])
     if variant not in VARIANTS:
         raise ValueError(f"configs/grpo.py: variant={variant!r} is not one of {VARIANTS}")

@@ -20,8 +20,7 @@ from alignment.learners.online_config import online_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = parse_arg(
-        arg, {"tiny": False, "task": "sorting", "loss": "dpo", "label": "reward"})
+    args = parse_arg(arg, {"tiny": False, "task": "sorting", "loss": "dpo", "label": "reward"})
     c = online_config("online_dpo", args, str(args["loss"]))
     c.online.label = str(args["label"])
     c.online.num_prompts = 8 if args["tiny"] else 64

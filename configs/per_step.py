@@ -39,7 +39,9 @@ def _stage(kind: str, loss: str, c, tiny: bool) -> ml_collections.ConfigDict:
     s.tokenizer = c.get_ref("tokenizer")
     s.export_hf = True  # WORKDIR/hf: the next stage (or experiments.evaluate) reads it
     s.checkpoint_async = False
-    s.eval_every_steps = 0  # the rows come from the train problems; held-out accuracy is the real test
+    s.eval_every_steps = (
+        0  # the rows come from the train problems; held-out accuracy is the real test
+    )
     s.data.seed = c.get_ref("seed")
     s.data.source, s.data.format = "jsonl", "plain"
     s.data.files.test = ""
@@ -60,27 +62,35 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.task = str(args["task"])
     c.tokenizer = "tiny" if tiny else ""
     c.init_from = ""  # the SFT policy's HF folder; "" = the `sft` stage makes one
-    c.per_step = ml_collections.ConfigDict({
-        "method": str(args["method"]),  # per_step | rft | naive
-        # the task's knobs (alignment.tasks.get_task(task, **task_kwargs))
-        "task_kwargs": ml_collections.ConfigDict(EASY_ARITHMETIC if c.task == "arithmetic" and tiny else {}),
-        "num_problems": 32 if tiny else 1024,  # train problems: SFT demonstrations and pi_sft samples
-        "samples_per_problem": 4,  # pi_sft samples per problem, verified
-        "temperature": 1.0,  # samples and rollouts
-        "max_new_tokens": 48 if tiny else 512,
-        "rollouts": 5,  # Monte-Carlo rollouts of pi_sft from each step prefix
-        "k": 5,  # Q = P(best of k rollouts is correct); the paper's K = 5
-        "negatives_per_problem": 1,  # incorrect samples per problem turned into pairs (0 = all)
-        # the chosen side: a verified pi_sft sample | the synthetic demonstration | a sample when
-        # the problem has one, else the demonstration (all are correct solutions of the problem)
-        "chosen": "sample_or_demonstration",
-        "rft_learning_rate": 1e-3 if tiny else 1e-5,  # the rft method's SFT on its correct samples
-        "batch_size": 256,  # generation batch
-        "samples_dir": "",  # samples and step values, shared across methods ("" = WORKDIR/samples)
-        # no SFT policy given (init_from = ""): SFT the preset on the demonstrations first
-        "sft_steps": 150 if tiny else 0,
-        "sft_learning_rate": 3e-3 if tiny else 1e-5,
-    })
+    c.per_step = ml_collections.ConfigDict(
+        {
+            "method": str(args["method"]),  # per_step | rft | naive
+            # the task's knobs (alignment.tasks.get_task(task, **task_kwargs))
+            "task_kwargs": ml_collections.ConfigDict(
+                EASY_ARITHMETIC if c.task == "arithmetic" and tiny else {}
+            ),
+            "num_problems": 32
+            if tiny
+            else 1024,  # train problems: SFT demonstrations and pi_sft samples
+            "samples_per_problem": 4,  # pi_sft samples per problem, verified
+            "temperature": 1.0,  # samples and rollouts
+            "max_new_tokens": 48 if tiny else 512,
+            "rollouts": 5,  # Monte-Carlo rollouts of pi_sft from each step prefix
+            "k": 5,  # Q = P(best of k rollouts is correct); the paper's K = 5
+            "negatives_per_problem": 1,  # incorrect samples per problem turned into pairs (0 = all)
+            # the chosen side: a verified pi_sft sample | the synthetic demonstration | a sample when
+            # the problem has one, else the demonstration (all are correct solutions of the problem)
+            "chosen": "sample_or_demonstration",
+            "rft_learning_rate": 1e-3
+            if tiny
+            else 1e-5,  # the rft method's SFT on its correct samples
+            "batch_size": 256,  # generation batch
+            "samples_dir": "",  # samples and step values, shared across methods ("" = WORKDIR/samples)
+            # no SFT policy given (init_from = ""): SFT the preset on the demonstrations first
+            "sft_steps": 150 if tiny else 0,
+            "sft_learning_rate": 3e-3 if tiny else 1e-5,
+        }
+    )
     steps, every, warmup = (16, 16, 2) if tiny else (1000, 500, 50)
 
     # methods per_step and naive: DPO on the pairs in WORKDIR, pi_sft as reference
@@ -95,8 +105,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # method rft: SFT on the verified-correct samples in WORKDIR, trained like `preference`
     r = _stage("sft", "sft", c, tiny)
-    for key in ("num_train_steps", "checkpoint_every_steps", "global_batch_size", "log_every_steps",
-                "progress_bar", "tensorboard"):
+    for key in (
+        "num_train_steps",
+        "checkpoint_every_steps",
+        "global_batch_size",
+        "log_every_steps",
+        "progress_bar",
+        "tensorboard",
+    ):
         r[key] = p.get_ref(key)
     r.optim.warmup_steps = p.optim.get_ref("warmup_steps")
     r.optim.learning_rate = c.per_step.get_ref("rft_learning_rate")

@@ -22,11 +22,15 @@ def parse_task_arg(arg: str | None, allowed: dict[str, object]) -> tuple[str, di
     parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
     names = [p for p in parts if "=" not in p and p not in allowed]
     if len(names) > 1:
-        raise ValueError(f"config argument {arg!r} names several tasks {names}; give one of {tasks.available()}")
+        raise ValueError(
+            f"config argument {arg!r} names several tasks {names}; give one of {tasks.available()}"
+        )
     task = names[0] if names else "sentiment"
     if task not in tasks.available():
-        raise ValueError(f"unknown task {task!r} in config argument {arg!r}; valid tasks: "
-                         f"{', '.join(tasks.available())}")
+        raise ValueError(
+            f"unknown task {task!r} in config argument {arg!r}; valid tasks: "
+            f"{', '.join(tasks.available())}"
+        )
     return task, parse_arg(",".join(p for p in parts if p not in names), allowed)
 
 
@@ -36,18 +40,31 @@ def pretrain_config(task: str, tiny: bool) -> ml_collections.ConfigDict:
     c.task_kwargs = ""  # JSON object of the task's knobs, e.g. '{"num_ops": [2, 3]}'
     c.seed = 0
     c.cache_dir = ""  # "" = ~/.cache/alignment/bases/<task>-<config hash>
-    c.corpus = ml_collections.ConfigDict({
-        "num_prompts": 256 if tiny else 4096,  # train-split prompts (sentiment's train split has ~5.1k)
-        "demos_per_prompt": 1 if tiny else 3,
-        "eval_docs": 64 if tiny else 256,
-    })
-    c.tokenizer = ml_collections.ConfigDict({"vocab_size": 300 if tiny else 1024, "min_frequency": 2})
-    c.model = ml_collections.ConfigDict({
-        "d_model": 32 if tiny else 128, "n_layers": 2 if tiny else 4, "n_heads": 4, "n_kv_heads": 2,
-        "head_dim": 8 if tiny else 32, "d_ff": 64 if tiny else 384, "max_seq_len": 64,
-        "tie_embeddings": False,
-        "vocab_multiple": 64,  # the embedding has the tokenizer's ids rounded up to a multiple of this
-    })
+    c.corpus = ml_collections.ConfigDict(
+        {
+            "num_prompts": 256
+            if tiny
+            else 4096,  # train-split prompts (sentiment's train split has ~5.1k)
+            "demos_per_prompt": 1 if tiny else 3,
+            "eval_docs": 64 if tiny else 256,
+        }
+    )
+    c.tokenizer = ml_collections.ConfigDict(
+        {"vocab_size": 300 if tiny else 1024, "min_frequency": 2}
+    )
+    c.model = ml_collections.ConfigDict(
+        {
+            "d_model": 32 if tiny else 128,
+            "n_layers": 2 if tiny else 4,
+            "n_heads": 4,
+            "n_kv_heads": 2,
+            "head_dim": 8 if tiny else 32,
+            "d_ff": 64 if tiny else 384,
+            "max_seq_len": 64,
+            "tie_embeddings": False,
+            "vocab_multiple": 64,  # the embedding has the tokenizer's ids rounded up to a multiple of this
+        }
+    )
     t = base_config("sft", {"tiny": False, "loss": "sft"})
     t.num_train_steps = 6 if tiny else 400
     t.global_batch_size = 16 if tiny else 64

@@ -29,8 +29,9 @@ from alignment.engine.config import base_config, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = parse_arg(arg, {"tiny": False, "loss": "bradley_terry", "task": "sentiment",
-                               "label_temperature": 0.0})
+    args = parse_arg(
+        arg, {"tiny": False, "loss": "bradley_terry", "task": "sentiment", "label_temperature": 0.0}
+    )
     config = base_config("preference", args)  # the data are preference pairs
     config.kind = "reward_model"
     config.task = str(args["task"]) if args["tiny"] else ""

@@ -35,8 +35,17 @@ def _shared(stage, c) -> None:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = parse_arg(arg, {"tiny": False, "loss": "hinge", "task": "sentiment", "sampler": "rso",
-                           "pairing": "random", "beta": 0.5})
+    args = parse_arg(
+        arg,
+        {
+            "tiny": False,
+            "loss": "hinge",
+            "task": "sentiment",
+            "sampler": "rso",
+            "pairing": "random",
+            "beta": 0.5,
+        },
+    )
     tiny = bool(args["tiny"])
     c = ml_collections.ConfigDict()
     c.kind = "rso"
@@ -44,35 +53,45 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.task = str(args["task"])
     c.tokenizer = "tiny" if tiny else ""
     c.init_from = ""  # the SFT policy's HF folder; "" = the `sft` stage makes one
-    c.rso = ml_collections.ConfigDict({
-        "sampler": str(args["sampler"]),  # rso | sft
-        "num_prompts": 16 if tiny else 1024,  # train prompts of `task`
-        "num_eval_prompts": 4 if tiny else 64,  # validation prompts -> held-out pairs (0: no eval)
-        "num_samples": 8 if tiny else 64,  # N candidates per prompt from pi_sft
-        "num_accepted": 4 if tiny else 8,  # M accepted by rejection sampling (M plain samples for sampler=sft)
-        "beta": float(args["beta"]),  # pi_r ∝ pi_sft exp(r / beta)
-        "temperature": 0.7,
-        "top_k": 40,  # 0 = off
-        "max_new_tokens": 48,
-        "pairing": str(args["pairing"]),  # random (M/2 disjoint pairs) | tournament (M-1 pairs)
-        "margin": 0.0,  # drop pairs whose reward gap is below this
-        "batch_size": 64,  # generation batch
-        # no SFT policy given (init_from = ""): SFT the preset on the task's
-        # demonstrations first (the `sft` stage)
-        "sft_steps": 60 if tiny else 0,
-        "sft_examples": 2048,
-        "sft_learning_rate": 3e-3 if tiny else 1e-5,
-    })
+    c.rso = ml_collections.ConfigDict(
+        {
+            "sampler": str(args["sampler"]),  # rso | sft
+            "num_prompts": 16 if tiny else 1024,  # train prompts of `task`
+            "num_eval_prompts": 4
+            if tiny
+            else 64,  # validation prompts -> held-out pairs (0: no eval)
+            "num_samples": 8 if tiny else 64,  # N candidates per prompt from pi_sft
+            "num_accepted": 4
+            if tiny
+            else 8,  # M accepted by rejection sampling (M plain samples for sampler=sft)
+            "beta": float(args["beta"]),  # pi_r ∝ pi_sft exp(r / beta)
+            "temperature": 0.7,
+            "top_k": 40,  # 0 = off
+            "max_new_tokens": 48,
+            "pairing": str(args["pairing"]),  # random (M/2 disjoint pairs) | tournament (M-1 pairs)
+            "margin": 0.0,  # drop pairs whose reward gap is below this
+            "batch_size": 64,  # generation batch
+            # no SFT policy given (init_from = ""): SFT the preset on the task's
+            # demonstrations first (the `sft` stage)
+            "sft_steps": 60 if tiny else 0,
+            "sft_examples": 2048,
+            "sft_learning_rate": 3e-3 if tiny else 1e-5,
+        }
+    )
     c.reward = rewards.default_reward_config()
     c.reward.kind = "task"
-    c.reward.task = c.get_ref("task")  # the proxy reward; the gold reward (reward_mean, eval) is always `task`'s
+    c.reward.task = c.get_ref(
+        "task"
+    )  # the proxy reward; the gold reward (reward_mean, eval) is always `task`'s
 
     # the preference stage in WORKDIR: the pairs RSO wrote, pi_sft as reference
     p = base_config("preference", args)
     p.task = c.get_ref("task")
     p.export_hf = True  # WORKDIR/hf: the policy experiments.evaluate scores against the SFT policy
     p.loss_kwargs.beta = 0.05  # the paper's gamma (hinge-norm and sigmoid-norm)
-    p.reference.mode = "precomputed"  # pi_sft log-probs once per pair, not a second forward per step
+    p.reference.mode = (
+        "precomputed"  # pi_sft log-probs once per pair, not a second forward per step
+    )
     p.data.source, p.data.builder, p.data.format = "tfds", "alignment_generic", "plain"
     p.data.max_prompt_len = 64
     p.data.max_len = 128
@@ -93,7 +112,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     s = base_config("sft", {"tiny": tiny, "loss": "sft"})
     s.task = c.get_ref("task")
     s.num_train_steps = c.rso.get_ref("sft_steps")
-    s.checkpoint_every_steps = c.rso.get_ref("sft_steps")  # a short stage: its export is what counts
+    s.checkpoint_every_steps = c.rso.get_ref(
+        "sft_steps"
+    )  # a short stage: its export is what counts
     s.eval_every_steps = 0
     s.export_hf = True
     s.global_batch_size = p.global_batch_size

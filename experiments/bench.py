@@ -9,11 +9,12 @@
 - KV-cache generation throughput of `alignment.sampling.sample_arrays` (new tokens/s, with and
   without the prefill of a prompt of half the sequence length).
 """
+
 from __future__ import annotations
 
 import argparse
-import sys
 import json
+import sys
 import time
 
 import jax
@@ -26,8 +27,16 @@ from alignment.sampling import SamplingParams, left_pad, sample_arrays
 from experiments.bench_train import bench_train
 
 # Dense bf16 peak FLOP/s by device kind (substring match), for MFU.
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "TPU v4": 275e12,
-              "TPU v5 lite": 197e12, "TPU v5p": 459e12, "TPU v6": 918e12}
+PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6": 918e12,
+}
 
 
 def _peak_flops(device) -> float | None:
@@ -62,7 +71,7 @@ def bench_model(args) -> dict:
     if args.seq + args.new_tokens > models.get_preset(args.preset).max_seq_len:
         overrides["max_seq_len"] = args.seq + args.new_tokens
     config = models.get_preset(args.preset, **overrides)
-    devices = jax.devices()[:args.devices] if args.devices else jax.devices()
+    devices = jax.devices()[: args.devices] if args.devices else jax.devices()
     mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1}, devices=devices)
     model = models.create_sharded(config, mesh, seed=0)
     graphdef, state = models.split(model)
@@ -72,8 +81,14 @@ def bench_model(args) -> dict:
     ids = jnp.asarray(rng.integers(0, config.vocab_size, (b, t)), jnp.int32)
     if b % len(devices) == 0:  # data-parallel inputs over the (data, fsdp) axes, as in training
         ids = jax.device_put(ids, sharding.batch_sharding(mesh))
-    result = {"preset": args.preset, "device": f"{len(devices)} x {device.device_kind}",
-              "params": config.num_params(), "batch": b, "seq": t, "dtype": config.dtype}
+    result = {
+        "preset": args.preset,
+        "device": f"{len(devices)} x {device.device_kind}",
+        "params": config.num_params(),
+        "batch": b,
+        "seq": t,
+        "dtype": config.dtype,
+    }
 
     # Forward: logits for every position (what SFT / log-prob passes pay).
     forward = jax.jit(lambda state, ids: models.merge(graphdef, state)(ids))
@@ -81,7 +96,9 @@ def bench_model(args) -> dict:
     result["forward_tokens_per_s"] = b * t / seconds
     peak = _peak_flops(device)
     if peak is not None:
-        result["forward_mfu"] = forward_flops_per_token(config, t) * b * t / seconds / peak / len(devices)
+        result["forward_mfu"] = (
+            forward_flops_per_token(config, t) * b * t / seconds / peak / len(devices)
+        )
 
     # Log-prob memory: from hidden states and the unembedding, chunked vs naive logits.
     hidden = jax.ShapeDtypeStruct((b, t, config.d_model), jnp.dtype(config.dtype))
@@ -104,12 +121,22 @@ def bench_model(args) -> dict:
     # Decode: prefill half the sequence, then max_new_tokens greedy steps (no stop token).
     prompt_len = max(1, t // 2)
     prompt_ids, prompt_mask, active = left_pad(
-        [list(r) for r in np.asarray(ids[:, :prompt_len])], prompt_len, b)
+        [list(r) for r in np.asarray(ids[:, :prompt_len])], prompt_len, b
+    )
 
     def sampler(new_tokens):
-        return jax.jit(lambda state, ids, mask: sample_arrays(
-            graphdef, state, ids, mask, jax.random.key(0), max_new_tokens=new_tokens,
-            params=SamplingParams(temperature=args.temperature), active=active))
+        return jax.jit(
+            lambda state, ids, mask: sample_arrays(
+                graphdef,
+                state,
+                ids,
+                mask,
+                jax.random.key(0),
+                max_new_tokens=new_tokens,
+                params=SamplingParams(temperature=args.temperature),
+                active=active,
+            )
+        )
 
     sample, prefill = sampler(args.new_tokens), sampler(1)
     seconds = _time(lambda: sample(state, prompt_ids, prompt_mask), args.steps)
@@ -124,8 +151,11 @@ def bench_model(args) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("model", help="forward tokens/s, log-prob memory, decode tokens/s")
     p.add_argument("--preset", default="tiny", help="alignment.models preset name")
@@ -143,8 +173,11 @@ def main(argv=None):
     p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     p.set_defaults(fn=bench_model)
     # `train` keeps its own flags (experiments/bench_train.py); it is listed here so --help shows it.
-    sub.add_parser("train", add_help=False,
-                   help="DPO/SFT step time, tokens/s, XLA vs analytic FLOPs, peak memory")
+    sub.add_parser(
+        "train",
+        add_help=False,
+        help="DPO/SFT step time, tokens/s, XLA vs analytic FLOPs, peak memory",
+    )
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:
         return bench_train(argv[1:])
@@ -155,7 +188,11 @@ def main(argv=None):
     else:
         width = max(len(k) for k in result)
         for key, value in result.items():
-            print(f"{key:<{width}}  {value:,.4g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+            print(
+                f"{key:<{width}}  {value:,.4g}"
+                if isinstance(value, float)
+                else f"{key:<{width}}  {value}"
+            )
     return result
 
 

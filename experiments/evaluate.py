@@ -13,6 +13,7 @@ evaluated the same way, or read from its eval.json when it has one (unless --rec
 OUT/frontier.png plots gold reward against KL across them; their results go to OUT/eval.json
 under "frontier" (next to OUT's own result when OUT has a policy) and to OUT/eval.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,14 +26,26 @@ from alignment import tokenizer as tok_lib
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", required=True, help="run directory; eval.json and eval.md are written here")
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.evaluate", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--workdir", required=True, help="run directory; eval.json and eval.md are written here"
+    )
     p.add_argument("--policy", default="", help="policy HF folder (default: WORKDIR/hf)")
-    p.add_argument("--reference", default="", help="reference HF folder (default: run.json's 'reference')")
+    p.add_argument(
+        "--reference", default="", help="reference HF folder (default: run.json's 'reference')"
+    )
     p.add_argument("--task", default="", help="embedded task name (default: run.json's 'task')")
-    p.add_argument("--task_kwargs", default="", help="task options as JSON, e.g. '{\"num_ops\": [2, 3]}'")
-    p.add_argument("--tokenizer", default="", help="'tiny' or a folder with tokenizer.json (default: the "
-                                                   "policy folder, then run.json's 'tokenizer')")
+    p.add_argument(
+        "--task_kwargs", default="", help="task options as JSON, e.g. '{\"num_ops\": [2, 3]}'"
+    )
+    p.add_argument(
+        "--tokenizer",
+        default="",
+        help="'tiny' or a folder with tokenizer.json (default: the "
+        "policy folder, then run.json's 'tokenizer')",
+    )
     p.add_argument("--split", default="test")
     p.add_argument("--num_prompts", type=int, default=64)
     p.add_argument("--samples_per_prompt", type=int, default=4)
@@ -43,15 +56,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--num_examples", type=int, default=4)
-    p.add_argument("--chat_template", action=argparse.BooleanOptionalAction, default=None,
-                   help="wrap prompts in the tokenizer's chat template (default: run.json's, else off)")
-    p.add_argument("--pairs", default="", help="JSONL of held-out {prompt, chosen, rejected} rows for "
-                                               "ranking accuracy (default: pairs of reference samples)")
-    p.add_argument("--dtype", default=None, help="compute dtype for both models (default: as saved)")
-    p.add_argument("--mesh", default="", help="shard both models over a mesh, e.g. 'fsdp=-1' or "
-                                              "'data=1,fsdp=4,tensor=2' (default: one device)")
-    p.add_argument("--frontier", nargs="+", default=[], metavar="RUN", help="runs/checkpoints to plot")
-    p.add_argument("--recompute", action="store_true", help="re-evaluate --frontier runs that have eval.json")
+    p.add_argument(
+        "--chat_template",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="wrap prompts in the tokenizer's chat template (default: run.json's, else off)",
+    )
+    p.add_argument(
+        "--pairs",
+        default="",
+        help="JSONL of held-out {prompt, chosen, rejected} rows for "
+        "ranking accuracy (default: pairs of reference samples)",
+    )
+    p.add_argument(
+        "--dtype", default=None, help="compute dtype for both models (default: as saved)"
+    )
+    p.add_argument(
+        "--mesh",
+        default="",
+        help="shard both models over a mesh, e.g. 'fsdp=-1' or "
+        "'data=1,fsdp=4,tensor=2' (default: one device)",
+    )
+    p.add_argument(
+        "--frontier", nargs="+", default=[], metavar="RUN", help="runs/checkpoints to plot"
+    )
+    p.add_argument(
+        "--recompute", action="store_true", help="re-evaluate --frontier runs that have eval.json"
+    )
     return p
 
 
@@ -72,7 +103,9 @@ def read_run_record(run_dir: str) -> dict:
 
 def _hf_folder(path: str, what: str) -> str:
     if not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"{what}: {path!r} is not a Hugging Face model folder (no config.json)")
+        raise FileNotFoundError(
+            f"{what}: {path!r} is not a Hugging Face model folder (no config.json)"
+        )
     return path
 
 
@@ -83,15 +116,19 @@ def policy_path(run: str, explicit: str = "") -> str:
     for candidate in (os.path.join(run, "hf"), run):
         if os.path.isfile(os.path.join(candidate, "config.json")):
             return candidate
-    raise FileNotFoundError(f"no policy in {run!r}: neither {run}/hf/config.json nor {run}/config.json "
-                            f"exists (export it with config.export_hf=True, or pass --policy)")
+    raise FileNotFoundError(
+        f"no policy in {run!r}: neither {run}/hf/config.json nor {run}/config.json "
+        f"exists (export it with config.export_hf=True, or pass --policy)"
+    )
 
 
 def _resolve(args, run: str, record: dict, policy: str) -> dict:
     """Reference, task, tokenizer and chat template for one run: flags, then run.json, then defaults."""
     reference = args.reference or record.get("reference", "")
     if not reference:
-        raise ValueError(f"no reference model for {run!r}: pass --reference HF_DIR (run.json records none)")
+        raise ValueError(
+            f"no reference model for {run!r}: pass --reference HF_DIR (run.json records none)"
+        )
     task = args.task or record.get("task", "")
     if not task:
         raise ValueError(f"no task for {run!r}: pass --task NAME (run.json records none)")
@@ -99,7 +136,9 @@ def _resolve(args, run: str, record: dict, policy: str) -> dict:
         try:
             task_kwargs = json.loads(args.task_kwargs)
         except json.JSONDecodeError as e:
-            raise ValueError(f"--task_kwargs is not valid JSON ({e}): {args.task_kwargs!r}") from None
+            raise ValueError(
+                f"--task_kwargs is not valid JSON ({e}): {args.task_kwargs!r}"
+            ) from None
     else:
         task_kwargs = record.get("task_kwargs", {})
     if not isinstance(task_kwargs, dict):
@@ -107,16 +146,28 @@ def _resolve(args, run: str, record: dict, policy: str) -> dict:
     tokenizer = args.tokenizer
     if not tokenizer:
         if os.path.isfile(os.path.join(policy, "tokenizer.json")) or os.path.isfile(
-                os.path.join(policy, "tokenizer.model")):
+            os.path.join(policy, "tokenizer.model")
+        ):
             tokenizer = policy
         else:
             tokenizer = record.get("tokenizer", "")
     if not tokenizer:
-        raise ValueError(f"no tokenizer for {run!r}: {policy} has no tokenizer files and run.json records "
-                         f"none; pass --tokenizer tiny|DIR")
-    chat = args.chat_template if args.chat_template is not None else bool(record.get("chat_template", False))
-    return {"reference": _hf_folder(reference, "reference"), "task": task, "task_kwargs": task_kwargs,
-            "tokenizer": tokenizer, "chat_template": chat}
+        raise ValueError(
+            f"no tokenizer for {run!r}: {policy} has no tokenizer files and run.json records "
+            f"none; pass --tokenizer tiny|DIR"
+        )
+    chat = (
+        args.chat_template
+        if args.chat_template is not None
+        else bool(record.get("chat_template", False))
+    )
+    return {
+        "reference": _hf_folder(reference, "reference"),
+        "task": task,
+        "task_kwargs": task_kwargs,
+        "tokenizer": tokenizer,
+        "chat_template": chat,
+    }
 
 
 def _read_pairs(path: str) -> list[tuple[str, str, str]]:
@@ -131,7 +182,9 @@ def _read_pairs(path: str) -> list[tuple[str, str, str]]:
                 raise ValueError(f"{path}:{line_no}: not valid JSON ({e})") from None
             for field in ("prompt", "chosen", "rejected"):
                 if not isinstance(row.get(field), str) or not row[field]:
-                    raise ValueError(f"{path}:{line_no}: field {field!r} must be a non-empty string")
+                    raise ValueError(
+                        f"{path}:{line_no}: field {field!r} must be a non-empty string"
+                    )
             pairs.append((row["prompt"], row["chosen"], row["rejected"]))
     if not pairs:
         raise ValueError(f"{path}: no pairs")
@@ -150,7 +203,9 @@ def parse_mesh(spec: str):
         try:
             shape[name.strip()] = int(value)
         except ValueError:
-            raise ValueError(f"--mesh {spec!r}: {name.strip()} size {value!r} is not an int") from None
+            raise ValueError(
+                f"--mesh {spec!r}: {name.strip()} size {value!r} is not an int"
+            ) from None
     return sharding.make_mesh(shape)
 
 
@@ -160,25 +215,47 @@ def evaluate_run(args, run: str, policy: str) -> dict:
     # an unknown task or option fails here, before any model loads
     task = tasks.get_task(cfg["task"], **cfg["task_kwargs"])
     if args.num_prompts < 1:
-        raise ValueError(f"--num_prompts must be >= 1, got {args.num_prompts}: the evaluation set has "
-                         f"no prompts")
-    tokenizer = tok_lib.tiny_tokenizer() if cfg["tokenizer"] == "tiny" else tok_lib.Tokenizer.from_pretrained(
-        cfg["tokenizer"])
+        raise ValueError(
+            f"--num_prompts must be >= 1, got {args.num_prompts}: the evaluation set has no prompts"
+        )
+    tokenizer = (
+        tok_lib.tiny_tokenizer()
+        if cfg["tokenizer"] == "tiny"
+        else tok_lib.Tokenizer.from_pretrained(cfg["tokenizer"])
+    )
     pairs = _read_pairs(args.pairs) if args.pairs else None
     mesh = parse_mesh(args.mesh)
     policy_model = models.from_pretrained(policy, dtype=args.dtype, mesh=mesh)
     reference_model = models.from_pretrained(cfg["reference"], dtype=args.dtype, mesh=mesh)
     if tokenizer.vocab_size > policy_model.config.vocab_size:
-        raise ValueError(f"tokenizer {cfg['tokenizer']!r} has {tokenizer.vocab_size} ids but the policy's "
-                         f"vocab_size is {policy_model.config.vocab_size}")
+        raise ValueError(
+            f"tokenizer {cfg['tokenizer']!r} has {tokenizer.vocab_size} ids but the policy's "
+            f"vocab_size is {policy_model.config.vocab_size}"
+        )
     result = evaluation.evaluate_policy(
-        policy_model, reference_model, tokenizer, task, num_prompts=args.num_prompts,
-        samples_per_prompt=args.samples_per_prompt, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, seed=args.seed, split=args.split, batch_size=args.batch_size,
-        num_examples=args.num_examples, pairs=pairs, chat_template=cfg["chat_template"],
-        top_k=args.top_k, top_p=args.top_p)
-    result.update(policy=os.path.abspath(policy), reference=os.path.abspath(cfg["reference"]),
-                  task_kwargs=cfg["task_kwargs"], tokenizer=cfg["tokenizer"])
+        policy_model,
+        reference_model,
+        tokenizer,
+        task,
+        num_prompts=args.num_prompts,
+        samples_per_prompt=args.samples_per_prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        split=args.split,
+        batch_size=args.batch_size,
+        num_examples=args.num_examples,
+        pairs=pairs,
+        chat_template=cfg["chat_template"],
+        top_k=args.top_k,
+        top_p=args.top_p,
+    )
+    result.update(
+        policy=os.path.abspath(policy),
+        reference=os.path.abspath(cfg["reference"]),
+        task_kwargs=cfg["task_kwargs"],
+        tokenizer=cfg["tokenizer"],
+    )
     return result
 
 
@@ -187,10 +264,24 @@ def _frontier_point(result: dict, run: str) -> dict:
     name = os.path.basename(os.path.normpath(run))
     if name == "hf":  # RUN/hf given directly: name it after the run
         name = os.path.basename(os.path.dirname(os.path.normpath(run)))
-    return {"run": os.path.abspath(run), "label": name,
-            "series": str(record.get("series", record.get("loss", ""))),
-            **{k: result.get(k) for k in ("gold_reward", "gold_reward_stderr", "kl", "kl_stderr", "win_rate",
-                                           "reference_gold_reward", "pass_at_k", "ranking_accuracy")}}
+    return {
+        "run": os.path.abspath(run),
+        "label": name,
+        "series": str(record.get("series", record.get("loss", ""))),
+        **{
+            k: result.get(k)
+            for k in (
+                "gold_reward",
+                "gold_reward_stderr",
+                "kl",
+                "kl_stderr",
+                "win_rate",
+                "reference_gold_reward",
+                "pass_at_k",
+                "ranking_accuracy",
+            )
+        },
+    }
 
 
 def main(argv=None) -> int:
@@ -201,8 +292,10 @@ def main(argv=None) -> int:
             raise FileNotFoundError(f"--workdir {workdir!r} does not exist")
         os.makedirs(workdir)
     out: dict = {}
-    has_policy = bool(args.policy) or any(os.path.isfile(os.path.join(c, "config.json"))
-                                          for c in (os.path.join(workdir, "hf"), workdir))
+    has_policy = bool(args.policy) or any(
+        os.path.isfile(os.path.join(c, "config.json"))
+        for c in (os.path.join(workdir, "hf"), workdir)
+    )
     if has_policy or not args.frontier:
         out = evaluate_run(args, workdir, policy_path(workdir, args.policy))
     md = [evaluation.markdown_report(out, title=f"Evaluation of {workdir}")] if out else []
@@ -215,14 +308,21 @@ def main(argv=None) -> int:
                     result = json.load(f)
                 for key in ("gold_reward", "kl"):
                     if not isinstance(result.get(key), (int, float)):
-                        raise ValueError(f"{cached}: no numeric {key!r}; pass --recompute to re-evaluate")
+                        raise ValueError(
+                            f"{cached}: no numeric {key!r}; pass --recompute to re-evaluate"
+                        )
             else:
                 result = evaluate_run(args, run, policy_path(run))
             points.append(_frontier_point(result, run))
         out["frontier"] = points
-        out["frontier_png"] = evaluation.frontier_plot(points, os.path.join(workdir, "frontier.png"))
-        md.append("# Frontier\n\n" + evaluation.markdown_table([{**p, "run": p["label"]} for p in points])
-                  + "\n![gold reward vs KL](frontier.png)\n")
+        out["frontier_png"] = evaluation.frontier_plot(
+            points, os.path.join(workdir, "frontier.png")
+        )
+        md.append(
+            "# Frontier\n\n"
+            + evaluation.markdown_table([{**p, "run": p["label"]} for p in points])
+            + "\n![gold reward vs KL](frontier.png)\n"
+        )
     evaluation.write_json(out, os.path.join(workdir, "eval.json"))
     with open(os.path.join(workdir, "eval.md"), "w") as f:
         f.write("\n".join(md))
@@ -235,6 +335,10 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (ValueError, FileNotFoundError, TypeError) as e:  # bad input: one clear line, no traceback
+    except (
+        ValueError,
+        FileNotFoundError,
+        TypeError,
+    ) as e:  # bad input: one clear line, no traceback
         print(f"evaluate: error: {e}", file=sys.stderr)
         sys.exit(2)

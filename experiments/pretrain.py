@@ -21,7 +21,9 @@ from alignment import pretrain
 from alignment.cli import setup_logging
 from alignment.engine.config import check_cli_overrides
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/pretrain.py[:task]", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "configs/pretrain.py[:task]", lock_config=True
+)
 _EXPORT = flags.DEFINE_string("export", "", "also copy the base folder here (replacing it)")
 flags.mark_flags_as_required(["config"])
 
@@ -37,8 +39,10 @@ def main(argv):
         shutil.copytree(path, dst, ignore=shutil.ignore_patterns("*.tmp"))
         path = dst
     info = pretrain.describe(path)
-    print(f"base: {path} ({info['num_params'] / 1e6:.2f}M parameters, vocab {info['vocab_size']}, "
-          f"{info['bytes'] / 2**20:.2f} MiB)")
+    print(
+        f"base: {path} ({info['num_params'] / 1e6:.2f}M parameters, vocab {info['vocab_size']}, "
+        f"{info['bytes'] / 2**20:.2f} MiB)"
+    )
 
 
 if __name__ == "__main__":

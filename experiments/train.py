@@ -19,8 +19,12 @@ from alignment.cli import setup_logging
 from alignment.engine.config import check_cli_overrides
 from experiments import pipelines  # noqa: F401 (registers the pipeline kinds rso, per_step, seft)
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py[:arg]", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics.jsonl, tensorboard")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "configs/<name>.py[:arg]", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "directory for checkpoints, metrics.jsonl, tensorboard"
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -64,11 +64,15 @@ def imported_modules(node: ast.AST, known: set[str]) -> list[str]:
 
 def import_nodes(tree: ast.Module):
     """(import node, inside a function?) for every import of a module."""
+
     def walk(node, in_function):
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.Import, ast.ImportFrom)):
                 yield child, in_function
-            yield from walk(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
+            yield from walk(
+                child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+            )
+
     yield from walk(tree, False)
 
 
@@ -93,7 +97,9 @@ def graph():
                 if root != "alignment":
                     continue
                 if in_function and not heavy:
-                    inner.append(f"{path.relative_to(REPO)}:{node.lineno} imports {target} inside a function")
+                    inner.append(
+                        f"{path.relative_to(REPO)}:{node.lineno} imports {target} inside a function"
+                    )
                 elif target != name:
                     edges[name].add(target)
     return {"modules": mods, "edges": edges, "inner": inner, "upward": upward}
@@ -111,13 +117,20 @@ def test_layers_as_docs_state_them(graph):
             if dst == "alignment" or unit_of(dst) == unit_of(src):
                 continue
             if levels[unit_of(dst)] >= levels[unit_of(src)]:
-                violations.append(f"{src} (L{levels[unit_of(src)]}) imports {dst} (L{levels[unit_of(dst)]})")
+                violations.append(
+                    f"{src} (L{levels[unit_of(src)]}) imports {dst} (L{levels[unit_of(dst)]})"
+                )
     assert not violations, "imports must go only downward:\n" + "\n".join(sorted(violations))
 
 
 def test_engine_imports_no_learner(graph):
-    bad = [f"{s} -> {d}" for s, ts in graph["edges"].items() if unit_of(s) == "alignment.engine"
-           for d in ts if unit_of(d) == "alignment.learners"]
+    bad = [
+        f"{s} -> {d}"
+        for s, ts in graph["edges"].items()
+        if unit_of(s) == "alignment.engine"
+        for d in ts
+        if unit_of(d) == "alignment.learners"
+    ]
     assert not bad, bad
 
 
@@ -133,7 +146,7 @@ def test_no_import_cycle(graph):
             if nxt not in edges:
                 continue
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt):] + [nxt]
+                cycle = stack[stack.index(nxt) :] + [nxt]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt)
@@ -147,12 +160,15 @@ def test_no_import_cycle(graph):
 
 def test_library_imports_sit_at_the_top_and_never_reach_above(graph):
     assert not graph["inner"], "\n".join(graph["inner"])
-    assert not graph["upward"], "library code imports experiments/configs:\n" + "\n".join(graph["upward"])
+    assert not graph["upward"], "library code imports experiments/configs:\n" + "\n".join(
+        graph["upward"]
+    )
 
 
 def public_parameters(tree: ast.Module):
     """(qualified name, parameter or field) of module-level functions, methods of module-level
     classes and annotated class fields; names starting with `_` (dunders aside) are private."""
+
     def public(name):
         return not name.startswith("_") or (name.startswith("__") and name.endswith("__"))
 
@@ -182,7 +198,12 @@ def test_public_names_carry_no_shape_suffix(graph):
 
 def test_the_checks_catch_what_they_claim(tmp_path):
     """The detectors themselves, on made-up source."""
-    tree = ast.parse("def f(x_BxT, y):\n    import alignment.models\n\nclass C:\n    tokens_BxN: int\n")
-    assert [p for _, p in public_parameters(tree) if SHAPE_SUFFIX.search(p)] == ["x_BxT", "tokens_BxN"]
+    tree = ast.parse(
+        "def f(x_BxT, y):\n    import alignment.models\n\nclass C:\n    tokens_BxN: int\n"
+    )
+    assert [p for _, p in public_parameters(tree) if SHAPE_SUFFIX.search(p)] == [
+        "x_BxT",
+        "tokens_BxN",
+    ]
     assert [inside for _, inside in import_nodes(tree)] == [True]
     assert not SHAPE_SUFFIX.search("input_ids") and not SHAPE_SUFFIX.search("ref_logps")

@@ -1,4 +1,5 @@
 """Orbax checkpoints: state + data position round-trip, retention, reference not stored."""
+
 import os
 
 import jax
@@ -13,24 +14,37 @@ from alignment.types import TrainState
 
 def _state(seed=0):
     k = jax.random.PRNGKey(seed)
-    params = {"layers": {0: {"w": jax.random.normal(k, (8, 4))}, 1: {"w": jnp.ones((8, 4))}},
-              "b": jnp.arange(4.0)}
+    params = {
+        "layers": {0: {"w": jax.random.normal(k, (8, 4))}, 1: {"w": jnp.ones((8, 4))}},
+        "b": jnp.arange(4.0),
+    }
     tx = optax.adamw(1e-3)
-    return TrainState(step=jnp.int32(5), params=params, opt_state=tx.init(params),
-                      rng=jax.random.PRNGKey(seed + 1), ref_params=jax.tree.map(jnp.copy, params))
+    return TrainState(
+        step=jnp.int32(5),
+        params=params,
+        opt_state=tx.init(params),
+        rng=jax.random.PRNGKey(seed + 1),
+        ref_params=jax.tree.map(jnp.copy, params),
+    )
 
 
 def test_roundtrip_restores_sharded_state_and_data_position(tmp_path):
     mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
     state = _state()
     fsdp = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp"))
-    state = state.replace(params=jax.tree.map(
-        lambda x: jax.device_put(x, fsdp if x.ndim == 2 else sharding.replicated(mesh)), state.params))
+    state = state.replace(
+        params=jax.tree.map(
+            lambda x: jax.device_put(x, fsdp if x.ndim == 2 else sharding.replicated(mesh)),
+            state.params,
+        )
+    )
     ck = checkpoint.Checkpointer(str(tmp_path), every_steps=5, keep=2)
     assert ck.latest_step() is None and ck.should_save(10) and not ck.should_save(7)
     ck.save(5, state, {"process_0": {"position": 17, "epoch": 1}})
     ck.wait()
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+    )
     restored, data = ck.restore(ck.latest_step(), abstract)
     ck.close()
     assert data == {"process_0": {"position": 17, "epoch": 1}}

@@ -1,18 +1,19 @@
 """Checkpoint digests: flipped bytes in a checkpoint's array data are caught on restore, and the
 run resumes from the newest intact checkpoint (bitwise as if the damaged one never existed)."""
+
 import json
 import logging
 import pathlib
 import shutil
 import socket
 
+import engine_testlib as lib  # tests/ is on sys.path (conftest.py)
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-import engine_testlib as lib  # tests/ is on sys.path (conftest.py)
 from alignment import checkpoint, learners
 from alignment.types import TrainState
 from configs import dpo
@@ -22,8 +23,13 @@ def _state(step):
     k = jax.random.PRNGKey(step)
     params = {"w": jax.random.normal(k, (16, 8)), "b": jnp.full((8,), float(step))}
     tx = optax.adamw(1e-3)
-    return TrainState(step=jnp.int32(step), params=params, opt_state=tx.init(params),
-                      rng=jax.random.PRNGKey(step + 1), ref_params=None)
+    return TrainState(
+        step=jnp.int32(step),
+        params=params,
+        opt_state=tx.init(params),
+        rng=jax.random.PRNGKey(step + 1),
+        ref_params=None,
+    )
 
 
 def _abstract(state):
@@ -111,8 +117,12 @@ def test_missing_or_unreadable_digest(tmp_path, caplog):
     assert "unreadable" in ck.verify(1)
     (tmp_path / "2" / "state" / "extra").write_text("x")
     ck.close()
-    assert checkpoint.Checkpointer(str(tmp_path), every_steps=1, keep=3).restore_latest(
-        _abstract(_state(2)))[0] == 2
+    assert (
+        checkpoint.Checkpointer(str(tmp_path), every_steps=1, keep=3).restore_latest(
+            _abstract(_state(2))
+        )[0]
+        == 2
+    )
 
 
 def test_fresh_directory_has_nothing_to_restore(tmp_path):
@@ -165,18 +175,29 @@ def test_two_processes_fall_back_together(tmp_path):
     """With two `jax.distributed` processes, process 0 verifies and moves the damaged step and
     both restore the same older step."""
     workdir = tmp_path / "run"
-    args = ("--config.num_train_steps=4", "--config.checkpoint_every_steps=2",
-            "--config.keep_checkpoints=3", "--config.eval_every_steps=0")
+    args = (
+        "--config.num_train_steps=4",
+        "--config.checkpoint_every_steps=2",
+        "--config.keep_checkpoints=3",
+        "--config.eval_every_steps=0",
+    )
 
     def run_two():
         with socket.socket() as s:
             s.bind(("localhost", 0))
             port = s.getsockname()[1]
-        procs = [lib.run_train_cli(
-            workdir, *args, "--config.distributed.num_processes=2",
-            f"--config.distributed.process_id={i}",
-            f"--config.distributed.coordinator_address=localhost:{port}", devices=4, wait=False)
-            for i in range(2)]
+        procs = [
+            lib.run_train_cli(
+                workdir,
+                *args,
+                "--config.distributed.num_processes=2",
+                f"--config.distributed.process_id={i}",
+                f"--config.distributed.coordinator_address=localhost:{port}",
+                devices=4,
+                wait=False,
+            )
+            for i in range(2)
+        ]
         outs = [p.communicate(timeout=400)[0] for p in procs]
         for p, out in zip(procs, outs):
             assert p.returncode == 0, out[-4000:]

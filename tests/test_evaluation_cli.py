@@ -1,4 +1,5 @@
 """`python -m experiments.evaluate` end to end on tiny random models saved as HF folders."""
+
 import json
 import os
 import runpy
@@ -14,7 +15,16 @@ from experiments import evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = models.get_preset("tiny", n_layers=1, max_seq_len=64)
-FAST = ["--num_prompts", "2", "--samples_per_prompt", "2", "--max_new_tokens", "4", "--num_examples", "1"]
+FAST = [
+    "--num_prompts",
+    "2",
+    "--samples_per_prompt",
+    "2",
+    "--max_new_tokens",
+    "4",
+    "--num_examples",
+    "1",
+]
 
 
 def _save(path, seed, tokenizer=False):
@@ -32,20 +42,31 @@ def runs(tmp_path_factory):
     for name, seed in (("run_a", 1), ("run_b", 2)):
         run = root / name
         _save(run / "hf", seed, tokenizer=True)
-        (run / "run.json").write_text(json.dumps({"reference": reference, "task": "sorting", "loss": "dpo"}))
+        (run / "run.json").write_text(
+            json.dumps({"reference": reference, "task": "sorting", "loss": "dpo"})
+        )
         out[name] = str(run)
     return out
 
 
 def test_cli_writes_eval_json_and_markdown(runs):
-    proc = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--workdir", runs["run_a"], *FAST],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.evaluate", "--workdir", runs["run_a"], *FAST],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(os.path.join(runs["run_a"], "eval.json")) as f:
         result = json.load(f)
     for key in ("gold_reward", "win_rate", "kl", "pass_at_k", "ranking_accuracy", "examples"):
         assert key in result, key
-    assert result["task"] == "sorting" and result["num_prompts"] == 2 and result["samples_per_prompt"] == 2
+    assert (
+        result["task"] == "sorting"
+        and result["num_prompts"] == 2
+        and result["samples_per_prompt"] == 2
+    )
     assert result["reference"] == os.path.abspath(runs["reference"])
     assert 0.0 <= result["win_rate"] <= 1.0 and set(result["pass_at_k"]) == {"1", "2"}
     md = open(os.path.join(runs["run_a"], "eval.md")).read()
@@ -58,8 +79,23 @@ def test_cli_frontier_reuses_cached_results_and_plots(runs, tmp_path):
         json.dump(cached, f)
     plain_hf = _save(tmp_path / "ckpt_hf", 3, tokenizer=True)  # an HF folder, no run.json
     out = tmp_path / "frontier"
-    assert evaluate.main(["--workdir", str(out), "--frontier", runs["run_b"], plain_hf,
-                          "--reference", runs["reference"], "--task", "sorting", *FAST]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--workdir",
+                str(out),
+                "--frontier",
+                runs["run_b"],
+                plain_hf,
+                "--reference",
+                runs["reference"],
+                "--task",
+                "sorting",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     result = json.load(open(out / "eval.json"))
     assert "gold_reward" not in result  # OUT has no policy of its own
     points = result["frontier"]
@@ -70,14 +106,17 @@ def test_cli_frontier_reuses_cached_results_and_plots(runs, tmp_path):
     assert "frontier.png" in open(out / "eval.md").read()
 
 
-@pytest.mark.parametrize("extra,error,match", [
-    (["--task", "no_such_task"], ValueError, "unknown task 'no_such_task'"),
-    (["--num_prompts", "0"], ValueError, "no prompts"),
-    (["--task_kwargs", "{bad"], ValueError, "--task_kwargs is not valid JSON"),
-    (["--task_kwargs", '{"colour": 1}'], TypeError, "no option"),
-    (["--reference", "/nonexistent"], FileNotFoundError, "not a Hugging Face model folder"),
-    (["--mesh", "fsdp=x"], ValueError, "fsdp size .x. is not an int"),
-])
+@pytest.mark.parametrize(
+    "extra,error,match",
+    [
+        (["--task", "no_such_task"], ValueError, "unknown task 'no_such_task'"),
+        (["--num_prompts", "0"], ValueError, "no prompts"),
+        (["--task_kwargs", "{bad"], ValueError, "--task_kwargs is not valid JSON"),
+        (["--task_kwargs", '{"colour": 1}'], TypeError, "no option"),
+        (["--reference", "/nonexistent"], FileNotFoundError, "not a Hugging Face model folder"),
+        (["--mesh", "fsdp=x"], ValueError, "fsdp size .x. is not an int"),
+    ],
+)
 def test_cli_bad_input_is_a_clear_error(runs, extra, error, match):
     with pytest.raises(error, match=match):
         evaluate.main(["--workdir", runs["run_a"], *FAST, *extra])
@@ -95,8 +134,12 @@ def test_cli_missing_policy_and_reference(runs, tmp_path):
 
 
 def test_module_entry_point_reports_bad_input_in_one_line(runs, monkeypatch, capsys):
-    monkeypatch.delitem(sys.modules, "experiments.evaluate", raising=False)  # run it afresh as __main__
-    monkeypatch.setattr(sys, "argv", ["evaluate", "--workdir", runs["run_a"], "--task", "nope", *FAST])
+    monkeypatch.delitem(
+        sys.modules, "experiments.evaluate", raising=False
+    )  # run it afresh as __main__
+    monkeypatch.setattr(
+        sys, "argv", ["evaluate", "--workdir", runs["run_a"], "--task", "nope", *FAST]
+    )
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_module("experiments.evaluate", run_name="__main__")
     assert exit_info.value.code == 2

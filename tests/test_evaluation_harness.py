@@ -1,4 +1,5 @@
 """evaluate_policy on hand-built tiny models whose answers are known in closed form."""
+
 import dataclasses
 from typing import ClassVar
 
@@ -76,7 +77,9 @@ KW = dict(num_prompts=4, samples_per_prompt=4, max_new_tokens=4, seed=0, batch_s
 
 def test_policy_equal_to_reference_has_zero_kl_and_half_win_rate():
     model = random_model(1)
-    r = evaluation.evaluate_policy(model, model, TOK, tasks.get_task("sorting"), temperature=1.0, **KW)
+    r = evaluation.evaluate_policy(
+        model, model, TOK, tasks.get_task("sorting"), temperature=1.0, **KW
+    )
     assert r["kl"] == 0.0 and r["kl_stderr"] == 0.0
     assert r["win_rate"] == 0.5
     assert r["gold_reward"] == r["reference_gold_reward"]
@@ -86,7 +89,10 @@ def test_policy_equal_to_reference_has_zero_kl_and_half_win_rate():
 
 
 def test_forced_token_policy_known_reward_kl_and_pass_at_k():
-    policy, reference = constant_model(60.0), constant_model(0.0)  # '1' with prob 1 - 1e-24 vs uniform
+    policy, reference = (
+        constant_model(60.0),
+        constant_model(0.0),
+    )  # '1' with prob 1 - 1e-24 vs uniform
     r = evaluation.evaluate_policy(policy, reference, TOK, OnesTask(), temperature=1.0, **KW)
     assert r["gold_reward"] == 1.0 and r["gold_reward_stderr"] == 0.0
     assert r["pass_at_k"] == {"1": 1.0, "2": 1.0, "4": 1.0}
@@ -110,9 +116,19 @@ def test_kl_estimate_matches_closed_form_with_eos_stopping():
     assert np.allclose(model_probs(reference), q, atol=1e-7)
     n_tokens = 4
     expected = np.sum(p * np.log(p / q)) * sum((1 - p[TOK.eos_id]) ** t for t in range(n_tokens))
-    r = evaluation.evaluate_policy(policy, reference, TOK, OnesTask(), temperature=1.0, num_prompts=16,
-                                   samples_per_prompt=16, max_new_tokens=n_tokens, seed=3, batch_size=256,
-                                   num_examples=0)
+    r = evaluation.evaluate_policy(
+        policy,
+        reference,
+        TOK,
+        OnesTask(),
+        temperature=1.0,
+        num_prompts=16,
+        samples_per_prompt=16,
+        max_new_tokens=n_tokens,
+        seed=3,
+        batch_size=256,
+        num_examples=0,
+    )
     assert r["kl_samples"].startswith("256 ")
     assert abs(r["kl"] - expected) < 4 * r["kl_stderr"] + 1e-3, (r["kl"], r["kl_stderr"], expected)
     # p('1') is 0.18 for the policy and 1/256 for the reference: more '1's, more wins than losses
@@ -122,20 +138,24 @@ def test_kl_estimate_matches_closed_form_with_eos_stopping():
 def test_ranking_accuracy_on_given_pairs():
     policy, reference = constant_model(4.0), constant_model(0.0)
     pairs = [("q:", "11", "22"), ("q:", "1", "3"), ("q:", "5", "11")]
-    r = evaluation.evaluate_policy(policy, reference, TOK, OnesTask(), temperature=1.0, pairs=pairs, **KW)
+    r = evaluation.evaluate_policy(
+        policy, reference, TOK, OnesTask(), temperature=1.0, pairs=pairs, **KW
+    )
     # log pi - log ref is higher for every extra '1' and lower for every other token: pairs 0 and 1
     # are ranked right, pair 2 ("5" over "11") wrong.
     assert r["ranking_pairs"] == 3 and r["ranking_accuracy"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="pair 0 must be"):
-        evaluation.evaluate_policy(policy, reference, TOK, OnesTask(), temperature=1.0,
-                                   pairs=[("q", "1")], **KW)
+        evaluation.evaluate_policy(
+            policy, reference, TOK, OnesTask(), temperature=1.0, pairs=[("q", "1")], **KW
+        )
 
 
 def test_bad_input_is_a_clear_error():
     model = random_model()
     with pytest.raises(ValueError, match="num_prompts must be an int >= 1"):
-        evaluation.evaluate_policy(model, model, TOK, OnesTask(), temperature=1.0,
-                                   **{**KW, "num_prompts": 0})
+        evaluation.evaluate_policy(
+            model, model, TOK, OnesTask(), temperature=1.0, **{**KW, "num_prompts": 0}
+        )
 
     class NoPrompts(OnesTask):
         def prompts(self, split, n, seed):
@@ -158,8 +178,9 @@ def test_ranking_accuracy_on_pairs_of_reference_samples():
     kw = {**KW, "samples_per_prompt": 4, "max_new_tokens": 6}
     same = evaluation.evaluate_policy(reference, reference, TOK, OnesTask(), temperature=1.0, **kw)
     assert same["ranking_pairs"] > 4 and same["ranking_accuracy"] == 0.5
-    better = evaluation.evaluate_policy(constant_model(6.0), reference, TOK, OnesTask(), temperature=1.0,
-                                        **kw)
+    better = evaluation.evaluate_policy(
+        constant_model(6.0), reference, TOK, OnesTask(), temperature=1.0, **kw
+    )
     assert better["ranking_pairs"] == same["ranking_pairs"]  # the same reference samples
     assert better["ranking_accuracy"] > 0.75
     assert better["gold_reward"] > better["reference_gold_reward"]
@@ -172,11 +193,24 @@ def test_sharded_models_give_the_same_evaluation(tmp_path):
     models.save_pretrained(random_model(6), ref_path)
     mesh = sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 2}, devices=jax.devices()[:4])
     task = tasks.get_task("sorting")
-    plain = evaluation.evaluate_policy(models.from_pretrained(path), models.from_pretrained(ref_path), TOK, task,
-                                       temperature=1.0, **KW)
-    sharded = evaluation.evaluate_policy(models.from_pretrained(path, mesh=mesh),
-                                         models.from_pretrained(ref_path, mesh=mesh), TOK, task,
-                                         temperature=1.0, **KW)
+    plain = evaluation.evaluate_policy(
+        models.from_pretrained(path),
+        models.from_pretrained(ref_path),
+        TOK,
+        task,
+        temperature=1.0,
+        **KW,
+    )
+    sharded = evaluation.evaluate_policy(
+        models.from_pretrained(path, mesh=mesh),
+        models.from_pretrained(ref_path, mesh=mesh),
+        TOK,
+        task,
+        temperature=1.0,
+        **KW,
+    )
     assert sharded["examples"] == plain["examples"]
-    assert sharded["win_rate"] == plain["win_rate"] and sharded["gold_reward"] == plain["gold_reward"]
+    assert (
+        sharded["win_rate"] == plain["win_rate"] and sharded["gold_reward"] == plain["gold_reward"]
+    )
     assert sharded["kl"] == pytest.approx(plain["kl"], abs=1e-4)

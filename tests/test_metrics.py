@@ -1,4 +1,5 @@
 """Host-side metrics: NaN/Inf guard, metrics.jsonl (resume-safe), TensorBoard events."""
+
 import math
 import os
 
@@ -30,7 +31,9 @@ def test_writer_jsonl_tensorboard_and_resume_truncation(tmp_path):
     assert rows[1]["loss"] == 0.5 and rows[1]["tokens_per_s"] == 10.0
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
     # a run killed after step 3 but resumed from a checkpoint at step 2 re-logs step 3 once
-    w = metrics.MetricsWriter(str(tmp_path), total_steps=4, start_step=2, progress=False, tensorboard=False)
+    w = metrics.MetricsWriter(
+        str(tmp_path), total_steps=4, start_step=2, progress=False, tensorboard=False
+    )
     w.write(3, {"loss": 0.25})
     w.close()
     rows = metrics.read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))

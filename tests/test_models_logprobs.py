@@ -1,4 +1,5 @@
 """Chunked token log-probs: equal to the naive computation in value and gradient, less memory."""
+
 import math
 
 import jax
@@ -28,8 +29,9 @@ def _naive(hidden, unembed, labels, mask, **kw):
 @pytest.mark.parametrize("chunk_size,softcap", [(1, None), (5, None), (13, 2.0), (100, 2.0)])
 def test_chunked_equals_naive(chunk_size, softcap):
     hidden, unembed, labels, mask = _inputs()
-    logps, ent = jax.jit(lambda *a: token_logprobs(*a, chunk_size=chunk_size, softcap=softcap,
-                                                   return_entropy=True))(hidden, unembed, labels, mask)
+    logps, ent = jax.jit(
+        lambda *a: token_logprobs(*a, chunk_size=chunk_size, softcap=softcap, return_entropy=True)
+    )(hidden, unembed, labels, mask)
     ref_logps, ref_ent = _naive(hidden, unembed, labels, mask, softcap=softcap, return_entropy=True)
     assert logps.dtype == ent.dtype == jnp.float32
     np.testing.assert_allclose(logps, ref_logps, atol=1e-5, rtol=1e-5)
@@ -40,15 +42,17 @@ def test_chunked_equals_naive(chunk_size, softcap):
 def test_closed_forms():
     # Zero unembedding: uniform over V, so log p = -log V and entropy = log V everywhere.
     hidden, unembed, labels, _ = _inputs(v=50)
-    logps, ent = token_logprobs(hidden, jnp.zeros_like(unembed), labels, chunk_size=4,
-                                return_entropy=True)
+    logps, ent = token_logprobs(
+        hidden, jnp.zeros_like(unembed), labels, chunk_size=4, return_entropy=True
+    )
     np.testing.assert_allclose(logps, -math.log(50) * np.ones(labels.shape), rtol=1e-6)
     np.testing.assert_allclose(ent, math.log(50) * np.ones(labels.shape), rtol=1e-6)
     # Two-way logits (a, 0): log p(class 0) = -log(1 + e^-a).
     a = 1.7
     logits = jnp.array([[[a, 0.0]]])
-    np.testing.assert_allclose(naive_token_logprobs(logits, jnp.array([[0]])), -math.log1p(math.exp(-a)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        naive_token_logprobs(logits, jnp.array([[0]])), -math.log1p(math.exp(-a)), rtol=1e-6
+    )
 
 
 def test_bfloat16_hidden_matches_float32_logits_of_same_inputs():
@@ -67,9 +71,12 @@ def test_gradients_equal_naive(softcap):
         def f(h, w):
             logps, ent = fn(h, w, labels, mask, softcap=softcap, return_entropy=True)
             return jnp.sum(weights * logps) + 0.3 * jnp.sum(ent)
+
         return jax.grad(f, argnums=(0, 1))
 
-    chunked = jax.jit(objective(lambda *a, **k: token_logprobs(*a, chunk_size=4, **k)))(hidden, unembed)
+    chunked = jax.jit(objective(lambda *a, **k: token_logprobs(*a, chunk_size=4, **k)))(
+        hidden, unembed
+    )
     naive = jax.jit(objective(_naive))(hidden, unembed)
     for got, want in zip(chunked, naive):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
@@ -92,7 +99,12 @@ def test_peak_memory_is_chunked_forward_and_backward():
     def temp_mib(fn):
         loss = lambda h, w: fn(h, w).sum()  # noqa: E731
         fwd = jax.jit(loss).lower(hidden, unembed).compile().memory_analysis()
-        bwd = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(hidden, unembed).compile().memory_analysis()
+        bwd = (
+            jax.jit(jax.grad(loss, argnums=(0, 1)))
+            .lower(hidden, unembed)
+            .compile()
+            .memory_analysis()
+        )
         return fwd.temp_size_in_bytes / 2**20, bwd.temp_size_in_bytes / 2**20
 
     chunked = temp_mib(lambda h, w: token_logprobs(h, w, labels, chunk_size=32))
@@ -107,8 +119,9 @@ def test_invalid_labels():
     ignored = jnp.where(mask == 1, labels, -100)
     out = token_logprobs(hidden, unembed, ignored, mask, chunk_size=4)
     np.testing.assert_allclose(out, _naive(hidden, unembed, labels, mask), atol=1e-5)
-    grads = jax.grad(lambda h, w: token_logprobs(h, w, ignored, mask, chunk_size=4).sum(),
-                     argnums=(0, 1))(hidden, unembed)
+    grads = jax.grad(
+        lambda h, w: token_logprobs(h, w, ignored, mask, chunk_size=4).sum(), argnums=(0, 1)
+    )(hidden, unembed)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
     # An out-of-range label that is *not* masked surfaces as NaN rather than a clamped wrong value.
     bad = labels.at[0, 0].set(10_000)
@@ -153,10 +166,13 @@ def test_model_logprobs_follows_convention(tiny_model):
     attention_mask = jnp.ones_like(ids).at[1, :4].set(0)  # row 1 left-padded
     loss_mask = attention_mask.at[:, :6].set(0)
     logps, ent = _jit_model_fn(tiny_model, model_logprobs, chunk_size=4, return_entropy=True)(
-        ids, attention_mask, loss_mask)
+        ids, attention_mask, loss_mask
+    )
     reference = _jit_model_fn(tiny_model, _reference_logps)(ids, attention_mask, loss_mask)
     np.testing.assert_allclose(logps, reference, atol=1e-5)
-    assert np.all(np.asarray(logps[:, 0]) == 0) and np.all(np.asarray(ent)[np.asarray(loss_mask) == 0] == 0)
+    assert np.all(np.asarray(logps[:, 0]) == 0) and np.all(
+        np.asarray(ent)[np.asarray(loss_mask) == 0] == 0
+    )
     assert np.all(np.asarray(ent)[np.asarray(loss_mask) == 1] > 0)
 
 
@@ -169,13 +185,19 @@ def test_model_logprobs_packed_segments(tiny_model):
     segment_ids = jnp.asarray([[1] * 6 + [2] * 5])
     positions = jnp.asarray([list(range(6)) + list(range(5))])
     ones = jnp.ones_like(packed)
-    logprobs = _jit_model_fn(tiny_model, lambda m, ids, mask, seg, pos: model_logprobs(
-        m, ids, mask, mask, segment_ids=seg, positions=pos, chunk_size=3))
+    logprobs = _jit_model_fn(
+        tiny_model,
+        lambda m, ids, mask, seg, pos: model_logprobs(
+            m, ids, mask, mask, segment_ids=seg, positions=pos, chunk_size=3
+        ),
+    )
     packed_logps = logprobs(packed, ones, segment_ids, positions)
     # The documents alone: right-padded to the packed length (cheaper than two more compiles).
     alone = jnp.asarray([np.pad(doc_a, (0, 5)), np.pad(doc_b, (0, 6))], jnp.int32)
     alone_mask = jnp.asarray([[1] * 6 + [0] * 5, [1] * 5 + [0] * 6])
-    alone_logps = logprobs(alone, alone_mask, alone_mask, jnp.where(alone_mask == 1, jnp.arange(11), 0))
+    alone_logps = logprobs(
+        alone, alone_mask, alone_mask, jnp.where(alone_mask == 1, jnp.arange(11), 0)
+    )
     alone_a, alone_b = alone_logps[0:1, :6], alone_logps[1:2, :5]
     np.testing.assert_allclose(packed_logps, jnp.concatenate([alone_a, alone_b], axis=1), atol=1e-5)
     assert packed_logps[0, 6] == 0
@@ -197,8 +219,6 @@ def test_model_logprobs_jit_and_grad(tiny_model):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
 
 
-
-
 def test_without_remat_same_values_and_gradients_more_memory():
     # remat=False keeps every chunk's logits for the backward pass (saving their recomputation:
     # gpt2-small DPO step 1.109x -> 1.009x the analytic FLOPs in experiments.bench_train)
@@ -210,12 +230,15 @@ def test_without_remat_same_values_and_gradients_more_memory():
         def loss(h, w):
             seq = token_logprobs(h, w, labels, mask, chunk_size=32, remat=remat).sum(-1)
             return -jax.nn.log_sigmoid(seq[0] - seq[1])
+
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
 
     got, want = step(False)(hidden, unembed), step(True)(hidden, unembed)
     for a, b_ in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b_, atol=1e-5, rtol=1e-5)
-    keep, recompute = (step(r).lower(hidden, unembed).compile().memory_analysis().temp_size_in_bytes
-                       for r in (False, True))
+    keep, recompute = (
+        step(r).lower(hidden, unembed).compile().memory_analysis().temp_size_in_bytes
+        for r in (False, True)
+    )
     full = b * t * v * 4
     assert keep >= full > 2 * recompute, (keep, recompute, full)

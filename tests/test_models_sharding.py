@@ -1,12 +1,22 @@
 """The model under a mesh of 8 fake CPU devices: FSDP and tensor-parallel rules give unsharded logits."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from alignment.models import Transformer, create_sharded, from_pretrained, get_preset, merge, save_pretrained, split
+from alignment.models import (
+    Transformer,
+    create_sharded,
+    from_pretrained,
+    get_preset,
+    merge,
+    save_pretrained,
+    split,
+)
 from alignment.sharding import batch_sharding, make_mesh, state_shardings
 
 MESHES = [{"data": 1, "fsdp": 8, "tensor": 1}, {"data": 1, "fsdp": 2, "tensor": 4}]
@@ -58,4 +68,6 @@ def test_from_pretrained_places_tensors_on_the_mesh(tmp_path):
     assert q.shape == (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.head_dim)
     assert q.sharding.is_equivalent_to(NamedSharding(mesh, P(None, "fsdp", "tensor", None)), 4)
     ids, mask = _batch()
-    np.testing.assert_allclose(_logits(loaded, ids, mask, mesh), _logits(model, ids, mask), atol=1e-5)
+    np.testing.assert_allclose(
+        _logits(loaded, ids, mask, mesh), _logits(model, ids, mask), atol=1e-5
+    )

@@ -1,4 +1,5 @@
 """The NNX transformer: invariances (scan/remat/jit/padding/packing/cache) and clear errors."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,7 +32,11 @@ def test_scan_and_remat_give_identical_logits(name):
     mask = jnp.ones_like(ids).at[0, :3].set(0)
     ref = _jit_logits(_model(name), ids, mask)
     assert ref.shape == (2, 12, 256) and ref.dtype == jnp.float32
-    combos = [(True, "none"), (False, "full"), (True, "dots_saveable")] if name == "tiny" else [(True, "none")]
+    combos = (
+        [(True, "none"), (False, "full"), (True, "dots_saveable")]
+        if name == "tiny"
+        else [(True, "none")]
+    )
     for scan, remat in combos:
         out = _jit_logits(_model(name, scan_layers=scan, remat_policy=remat), ids, mask)
         np.testing.assert_allclose(out, ref, atol=1e-6, err_msg=f"scan={scan} remat={remat}")
@@ -45,7 +50,9 @@ def test_remat_gradients_match():
         loss = lambda st: jnp.mean(merge(graphdef, st)(ids) ** 2)
         return jax.tree.leaves(jax.jit(jax.grad(loss))(state))
 
-    for a, b in zip(grads(_model(scan_layers=True)), grads(_model(scan_layers=True, remat_policy="full"))):
+    for a, b in zip(
+        grads(_model(scan_layers=True)), grads(_model(scan_layers=True, remat_policy="full"))
+    ):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
@@ -84,8 +91,10 @@ def test_segment_ids_block_cross_document_attention(name):
     assert np.abs(np.asarray(leaky[0, 5:9] - out[0, 5:9])).max() > 1e-3
 
 
-@pytest.mark.parametrize("name,scan", [("tiny", False), ("tiny-gemma2", True), ("tiny-qwen3", True),
-                                       ("tiny-gpt2", False)])
+@pytest.mark.parametrize(
+    "name,scan",
+    [("tiny", False), ("tiny-gemma2", True), ("tiny-qwen3", True), ("tiny-gpt2", False)],
+)
 def test_kv_cache_prefill_and_decode_reproduce_full_forward(name, scan):
     model = _model(name, scan_layers=scan)
     ids = _ids(b=2, t=14)
@@ -98,11 +107,17 @@ def test_kv_cache_prefill_and_decode_reproduce_full_forward(name, scan):
         return merge(graphdef, st)(ids, mask, cache=cache)
 
     cache = model.init_cache(2, 16)
-    assert cache["k"].shape == (model.config.n_layers, 2, 16, model.config.n_kv_heads, model.config.head_dim)
+    assert cache["k"].shape == (
+        model.config.n_layers,
+        2,
+        16,
+        model.config.n_kv_heads,
+        model.config.head_dim,
+    )
     logits, cache = step(state, ids[:, :8], mask[:, :8], cache)
     pieces = [logits]
     for i in range(8, 14):
-        logits, cache = step(state, ids[:, i:i + 1], mask[:, i:i + 1], cache)
+        logits, cache = step(state, ids[:, i : i + 1], mask[:, i : i + 1], cache)
         pieces.append(logits)
     assert int(cache["index"]) == 14
     np.testing.assert_array_equal(cache["pos"][0, :14], [-1] * 4 + list(range(10)))
@@ -141,14 +156,18 @@ def test_cache_overflow_is_an_eager_error():
     model = _model()
     cache = model.init_cache(1, 4)
     graphdef, state = split(model)
-    _, cache = jax.jit(lambda st, ids, c: merge(graphdef, st)(ids, cache=c))(state, _ids(b=1, t=3), cache)
+    _, cache = jax.jit(lambda st, ids, c: merge(graphdef, st)(ids, cache=c))(
+        state, _ids(b=1, t=3), cache
+    )
     with pytest.raises(ValueError, match="KV cache overflow"):
         model(_ids(b=1, t=2), cache=cache)
 
 
 def test_out_of_vocab_ids_are_an_error():
     model = _model()
-    with pytest.raises(ValueError, match=r"token id 256 at \(row, col\) \(1, 2\).*vocabulary \[0, 256\)"):
+    with pytest.raises(
+        ValueError, match=r"token id 256 at \(row, col\) \(1, 2\).*vocabulary \[0, 256\)"
+    ):
         model(jnp.zeros((2, 4), jnp.int32).at[1, 2].set(256))
     with pytest.raises(ValueError, match="token id -1"):
         model(jnp.full((1, 3), -1))
@@ -188,8 +207,12 @@ def test_every_parameter_has_logical_axes(scan):
 
 def test_presets_build_with_the_published_parameter_counts():
     # Published sizes; update only if a preset's shapes are deliberately changed.
-    expected = {"llama3-8b": 8_030_261_248, "qwen3-0.6b": 596_049_920, "gemma2-2b": 2_614_341_888,
-                "gpt2-small": 124_439_808}
+    expected = {
+        "llama3-8b": 8_030_261_248,
+        "qwen3-0.6b": 596_049_920,
+        "gemma2-2b": 2_614_341_888,
+        "gpt2-small": 124_439_808,
+    }
     for name, count in expected.items():
         cfg = get_preset(name, scan_layers=True)
         abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))

@@ -2,6 +2,7 @@
 8 fake devices) and writes `reward_mean` and `kl` to metrics.jsonl, compiling its sampler once;
 an interrupted run resumes to the same parameters as an uninterrupted one; the sampler reads the
 learner's parameter buffers, not a copy."""
+
 import json
 import pathlib
 import shutil
@@ -10,19 +11,32 @@ import jax
 import numpy as np
 import pytest
 
-from alignment.engine import config as config_files
-
 from alignment import engine, learners
+from alignment.engine import config as config_files
 from alignment.learners import rollout
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONTRACT_KEYS = ("reward_mean", "kl", "entropy", "response_length", "gen_tokens_per_s", "train_tokens_per_s")
+CONTRACT_KEYS = (
+    "reward_mean",
+    "kl",
+    "entropy",
+    "response_length",
+    "gen_tokens_per_s",
+    "train_tokens_per_s",
+)
 
 
 def _config(name, arg, **online):
-    overrides = {"num_train_steps": 2, "checkpoint_every_steps": 1, "checkpoint_async": False,
-                 "progress_bar": False, "tensorboard": False, "online.max_new_tokens": 8, "online.ppo_epochs": 1,
-                 **{f"online.{k}": v for k, v in online.items()}}
+    overrides = {
+        "num_train_steps": 2,
+        "checkpoint_every_steps": 1,
+        "checkpoint_async": False,
+        "progress_bar": False,
+        "tensorboard": False,
+        "online.max_new_tokens": 8,
+        "online.ppo_epochs": 1,
+        **{f"online.{k}": v for k, v in online.items()},
+    }
     return config_files.get_config(REPO / "configs" / f"{name}.py", arg, overrides)
 
 
@@ -35,9 +49,14 @@ _RUNS = {}
 
 
 # SAIL's mix on 8 devices: 4 dataset pairs (8 responses) + 4 sampled prompts per step
-_OVERRIDES = {("sail", "tiny,variant=mix"): {"offline_fraction": 0.5, "pairing": "best_vs_worst",
-                                             "pairs_per_group": 1},
-              ("sr_ppo", "tiny"): {"log_ratio_reward": "token_mean"}}
+_OVERRIDES = {
+    ("sail", "tiny,variant=mix"): {
+        "offline_fraction": 0.5,
+        "pairing": "best_vs_worst",
+        "pairs_per_group": 1,
+    },
+    ("sr_ppo", "tiny"): {"log_ratio_reward": "token_mean"},
+}
 
 
 def _run(name, arg, root):
@@ -51,8 +70,16 @@ def _run(name, arg, root):
     return _RUNS[name, arg]
 
 
-@pytest.mark.parametrize("name,arg", [("grpo", "tiny,variant=rloo"), ("ppo", "tiny"), ("sr_ppo", "tiny"),
-                                      ("online_dpo", "tiny"), ("sail", "tiny,variant=mix")])
+@pytest.mark.parametrize(
+    "name,arg",
+    [
+        ("grpo", "tiny,variant=rloo"),
+        ("ppo", "tiny"),
+        ("sr_ppo", "tiny"),
+        ("online_dpo", "tiny"),
+        ("sail", "tiny,variant=mix"),
+    ],
+)
 def test_tiny_config_runs_end_to_end(name, arg, tmp_path_factory):
     workdir, state, traces = _run(name, arg, tmp_path_factory.getbasetemp())
     lines = _lines(workdir)
@@ -71,8 +98,13 @@ def test_tiny_config_runs_end_to_end(name, arg, tmp_path_factory):
         c = _config(name, arg, **_OVERRIDES.get((name, arg), {}))
         n_on = c.online.num_prompts - (4 if name == "sail" else 0)
         for r in lines:
-            assert r["pairs_per_step"] <= n_on * c.online.pairs_per_group and r["groups_without_pair"] <= n_on, r
-            assert r["pair_ties"] > 0 or r["groups_without_pair"] == 0  # only ties leave a group unpaired
+            assert (
+                r["pairs_per_step"] <= n_on * c.online.pairs_per_group
+                and r["groups_without_pair"] <= n_on
+            ), r
+            assert (
+                r["pair_ties"] > 0 or r["groups_without_pair"] == 0
+            )  # only ties leave a group unpaired
         if name == "sail":  # step 1: pi == ref, every dataset pair ties under the implicit reward
             assert lines[0]["offline_pair_ties"] == 4 and lines[0]["offline_pairs"] == 0
     # one optimizer update per minibatch per epoch
@@ -88,8 +120,10 @@ def test_resume_after_interruption_continues_exactly(tmp_path, tmp_path_factory)
     shutil.copytree(full, cut)
     shutil.rmtree(cut / "checkpoints" / "2")
     state_resumed = learners.run(_config("grpo", "tiny,variant=rloo"), str(cut))
-    for a, b in zip(jax.tree.leaves(jax.device_get(state_full.params)),
-                    jax.tree.leaves(jax.device_get(state_resumed.params))):
+    for a, b in zip(
+        jax.tree.leaves(jax.device_get(state_full.params)),
+        jax.tree.leaves(jax.device_get(state_resumed.params)),
+    ):
         np.testing.assert_allclose(a, b, atol=1e-6)
     full_lines, cut_lines = _lines(full), _lines(cut)
     assert [r["step"] for r in cut_lines] == [1, 2]
@@ -103,7 +137,11 @@ def test_sampler_reads_the_learners_parameter_buffers_without_a_copy(tmp_path, m
     seen = {"sampled": [], "trained": []}
 
     def buffers(tree):
-        return [s.data.unsafe_buffer_pointer() for leaf in jax.tree.leaves(tree) for s in leaf.addressable_shards]
+        return [
+            s.data.unsafe_buffer_pointer()
+            for leaf in jax.tree.leaves(tree)
+            for s in leaf.addressable_shards
+        ]
 
     def spy(make, key, of):
         def wrapped_make(*a, **k):
@@ -112,11 +150,15 @@ def test_sampler_reads_the_learners_parameter_buffers_without_a_copy(tmp_path, m
             def call(first, *rest):
                 seen[key].append(buffers(of(first)))
                 return fn(first, *rest)
+
             return call
+
         return wrapped_make
 
     monkeypatch.setattr(rollout, "make_sampler", spy(rollout.make_sampler, "sampled", lambda p: p))
-    monkeypatch.setattr(engine, "make_train_step", spy(engine.make_train_step, "trained", lambda s: s.params))
+    monkeypatch.setattr(
+        engine, "make_train_step", spy(engine.make_train_step, "trained", lambda s: s.params)
+    )
     c = _config("grpo", "tiny")
     learners.run(c, str(tmp_path))
     per_step = c.online.num_minibatches  # updates per step (ppo_epochs=1)

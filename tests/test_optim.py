@@ -1,4 +1,5 @@
 """optax chain from config: schedules, clipping, weight-decay mask, frozen parameters."""
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -10,18 +11,36 @@ from alignment import optim
 
 
 def _cfg(**kw):
-    base = dict(name="adamw", learning_rate=1e-2, schedule="cosine", warmup_steps=4, end_lr_factor=0.1,
-                b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0, decay_min_ndim=2,
-                no_decay_regex=r"(norm|bias|embed)", max_grad_norm=0.0, freeze_regex="")
+    base = dict(
+        name="adamw",
+        learning_rate=1e-2,
+        schedule="cosine",
+        warmup_steps=4,
+        end_lr_factor=0.1,
+        b1=0.9,
+        b2=0.95,
+        eps=1e-8,
+        weight_decay=0.0,
+        decay_min_ndim=2,
+        no_decay_regex=r"(norm|bias|embed)",
+        max_grad_norm=0.0,
+        freeze_regex="",
+    )
     base.update(kw)
     return ml_collections.ConfigDict(base)
 
 
 def _params():
-    return {"embed": {"embedding": jnp.ones((5, 3))},
-            "layers": {0: {"attn": {"kernel": jnp.ones((3, 3)), "bias": jnp.ones((3,))},
-                           "norm": {"scale": jnp.ones((2, 3))}}},
-            "head": {"kernel": jnp.ones((3, 5))}}
+    return {
+        "embed": {"embedding": jnp.ones((5, 3))},
+        "layers": {
+            0: {
+                "attn": {"kernel": jnp.ones((3, 3)), "bias": jnp.ones((3,))},
+                "norm": {"scale": jnp.ones((2, 3))},
+            }
+        },
+        "head": {"kernel": jnp.ones((3, 5))},
+    }
 
 
 @pytest.mark.parametrize("kind", ["constant", "linear", "cosine"])
@@ -44,13 +63,20 @@ def test_schedule_rejects_bad_values():
 def test_decay_mask_skips_norms_biases_embeddings_and_1d():
     mask = optim.decay_mask(_params(), _cfg())
     flat = {optim.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(mask)[0]}
-    assert flat == {"embed/embedding": False, "layers/0/attn/kernel": True, "layers/0/attn/bias": False,
-                    "layers/0/norm/scale": False, "head/kernel": True}
+    assert flat == {
+        "embed/embedding": False,
+        "layers/0/attn/kernel": True,
+        "layers/0/attn/bias": False,
+        "layers/0/norm/scale": False,
+        "head/kernel": True,
+    }
 
 
 def test_weight_decay_applies_only_where_masked():
     params = _params()
-    tx = optim.make_optimizer(_cfg(weight_decay=0.5, warmup_steps=0, schedule="constant"), params, 10)
+    tx = optim.make_optimizer(
+        _cfg(weight_decay=0.5, warmup_steps=0, schedule="constant"), params, 10
+    )
     zeros = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zeros, tx.init(params), params)
     # zero gradients: the only update is the decoupled decay -lr * wd * p
@@ -64,7 +90,9 @@ def test_frozen_parameters_do_not_move_and_do_not_count_for_clipping():
     cfg = _cfg(freeze_regex=r"^embed/", max_grad_norm=1.0, warmup_steps=0, schedule="constant")
     tx = optim.make_optimizer(cfg, params, 10)
     grads = jax.tree.map(lambda x: jnp.full_like(x, 3.0), params)
-    grads["embed"]["embedding"] = jnp.full((5, 3), 1e6)  # would dominate the clipping norm if counted
+    grads["embed"]["embedding"] = jnp.full(
+        (5, 3), 1e6
+    )  # would dominate the clipping norm if counted
     updates, _ = tx.update(grads, tx.init(params), params)
     assert float(jnp.abs(updates["embed"]["embedding"]).max()) == 0.0
     # Adam's first step is lr * sign(g) whatever the clipping scale: trainable leaves move by lr.

@@ -15,7 +15,9 @@ def _as_set(p):
 def _check_labels(p, rewards):
     rewards = np.asarray(rewards, np.float64)
     assert np.all(rewards[p.group, p.chosen] > rewards[p.group, p.rejected])
-    np.testing.assert_allclose(p.margin, rewards[p.group, p.chosen] - rewards[p.group, p.rejected], rtol=1e-6)
+    np.testing.assert_allclose(
+        p.margin, rewards[p.group, p.chosen] - rewards[p.group, p.rejected], rtol=1e-6
+    )
 
 
 def test_best_vs_worst_closed_form():
@@ -35,7 +37,9 @@ def test_random_pairs_are_disjoint_cover_the_group_and_are_labelled_by_reward():
     for g in range(50):
         sel = p.group == g
         used = np.concatenate([p.chosen[sel], p.rejected[sel]])
-        assert sorted(used.tolist()) == list(range(8)), "random pairs must use each sample exactly once"
+        assert sorted(used.tolist()) == list(range(8)), (
+            "random pairs must use each sample exactly once"
+        )
     capped = pairs_lib.make_pairs(rewards, strategy="random", seed=3, max_pairs_per_group=2)
     assert len(capped) == 100
 
@@ -43,7 +47,9 @@ def test_random_pairs_are_disjoint_cover_the_group_and_are_labelled_by_reward():
 def test_random_pairs_are_not_always_the_same_partition():
     rewards = np.arange(8.0)[None].repeat(200, 0)
     p = pairs_lib.make_pairs(rewards, strategy="random", seed=0)
-    partitions = {tuple(sorted(zip(p.chosen[p.group == g], p.rejected[p.group == g]))) for g in range(200)}
+    partitions = {
+        tuple(sorted(zip(p.chosen[p.group == g], p.rejected[p.group == g]))) for g in range(200)
+    }
     assert len(partitions) > 50
 
 
@@ -67,7 +73,9 @@ def test_all_pairs_and_ties_are_counted_not_silently_dropped():
     rewards = np.array([[1.0, 1.0, 2.0, 0.0]])
     p = pairs_lib.make_pairs(rewards, strategy="all_pairs")
     assert len(p) == 5 and p.num_ties == 1
-    expected = {(0, c, r) for c, r in itertools.permutations(range(4), 2) if rewards[0, c] > rewards[0, r]}
+    expected = {
+        (0, c, r) for c, r in itertools.permutations(range(4), 2) if rewards[0, c] > rewards[0, r]
+    }
     assert _as_set(p) == expected
     flat_c, flat_r = p.flat(4)
     _check_labels(p, rewards)

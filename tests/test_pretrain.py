@@ -1,5 +1,6 @@
 """Tiny task bases (alignment.pretrain): BPE tokenizer, determinism, cache reuse, shape checks,
 and the base shipped in alignment/assets/bases/."""
+
 import json
 import pathlib
 
@@ -44,7 +45,9 @@ def test_tiny_pretrain_is_deterministic_for_a_seed(tiny_base, tmp_path):
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     # the run learned something: the loss went down over its few steps
-    rows = [json.loads(line) for line in (first / "pretrain_metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (first / "pretrain_metrics.jsonl").read_text().splitlines()
+    ]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert losses[-1] < losses[0], losses
 
@@ -65,6 +68,7 @@ def test_cache_is_reused_without_training(tiny_base, monkeypatch):
 
     def refuse(*args, **kwargs):
         raise AssertionError("build_base retrained a base that is in the cache")
+
     monkeypatch.setattr(pretrain, "pretrain", refuse)
     assert pretrain.resolve_base(config) == (path, "cache")
     assert pretrain.build_base(config) == path
@@ -75,10 +79,20 @@ def test_hash_covers_what_the_base_computes_only(tmp_path):
     base = _tiny("")
     h = pretrain.config_hash(base)
     # logging and where the base is stored do not change the base
-    assert pretrain.config_hash(_tiny(tmp_path / "x", **{"train.progress_bar": True,
-                                                         "train.log_every_steps": 3})) == h
-    for key, value in (("model.d_model", 48), ("train.num_train_steps", 7), ("train.optim.learning_rate", 1e-3),
-                       ("corpus.demos_per_prompt", 2), ("tokenizer.vocab_size", 280), ("seed", 3)):
+    assert (
+        pretrain.config_hash(
+            _tiny(tmp_path / "x", **{"train.progress_bar": True, "train.log_every_steps": 3})
+        )
+        == h
+    )
+    for key, value in (
+        ("model.d_model", 48),
+        ("train.num_train_steps", 7),
+        ("train.optim.learning_rate", 1e-3),
+        ("corpus.demos_per_prompt", 2),
+        ("tokenizer.vocab_size", 280),
+        ("seed", 3),
+    ):
         assert pretrain.config_hash(_tiny("", **{key: value})) != h, key
 
 
@@ -117,25 +131,34 @@ def test_bpe_tokenizer_round_trips_the_corpus():
         ids = tok.encode(doc)
         assert tok.decode(ids) == doc
         assert tok.encode(doc, add_special_tokens=True) == [tok.bos_id] + ids
-    assert tok.decode(tok.encode("naïve café ☕")) == "naïve café ☕"  # byte level: nothing is unknown
+    assert (
+        tok.decode(tok.encode("naïve café ☕")) == "naïve café ☕"
+    )  # byte level: nothing is unknown
     with pytest.raises(ValueError, match="vocab_size=100"):
         pretrain.train_tokenizer(docs, vocab_size=100, min_frequency=2)
 
 
 # ----------------------------------------------------------------------------- the shipped base
 
+
 def test_shipped_sentiment_base_loads_and_matches_its_config():
     """If this fails after changing configs/pretrain.py, rebuild the shipped base with the command in
     alignment/assets/bases/sentiment/README.md (the config hash no longer matches the shipped one)."""
     config = pretrain_config.get_config("sentiment")
     path = pretrain.shipped_base(config)
-    assert path is not None, "no shipped base for configs/pretrain.py:sentiment (or its hash changed)"
+    assert path is not None, (
+        "no shipped base for configs/pretrain.py:sentiment (or its hash changed)"
+    )
     assert pretrain.resolve_base(config)[1] in ("shipped", "cache")
     tok = Tokenizer.from_pretrained(path)
     pretrain.check_base(path, config, vocab_size=tok.vocab_size)
     model = models.from_pretrained(path)
     m = config.model
-    assert (model.config.d_model, model.config.n_layers, model.config.d_ff) == (m.d_model, m.n_layers, m.d_ff)
+    assert (model.config.d_model, model.config.n_layers, model.config.d_ff) == (
+        m.d_model,
+        m.n_layers,
+        m.d_ff,
+    )
     assert 1e6 * 0.5 < model.config.num_params() < 10e6
     size = sum(f.stat().st_size for f in path.iterdir())
     assert size < 8 * 2**20, f"shipped base is {size / 2**20:.1f} MiB"
@@ -149,4 +172,5 @@ def test_shipped_sentiment_base_loads_and_matches_its_config():
         x = jnp.asarray([ids])
         mask = jnp.ones_like(x)
         return float(model_logprobs(model, x, mask, mask.at[:, 0].set(0)).sum())
+
     assert logp(prompt + response) > logp(shuffled) + 10.0

@@ -13,15 +13,29 @@ from alignment import metrics as metrics_lib
 from alignment import tasks
 from experiments.reproduce import common, rpo, rso
 
-CONTRACT_KEYS = {"name", "paper", "claim", "supported", "verdict", "rows", "settings", "quick", "seeds",
-                 "wall_clock_s", "plots", "command"}
+CONTRACT_KEYS = {
+    "name",
+    "paper",
+    "claim",
+    "supported",
+    "verdict",
+    "rows",
+    "settings",
+    "quick",
+    "seeds",
+    "wall_clock_s",
+    "plots",
+    "command",
+}
 
 
 def _check_contract(result, out, name, methods, seeds=(0,)):
     on_disk = json.load(open(os.path.join(out, "results.json")))
     assert on_disk == result
     assert CONTRACT_KEYS <= set(result), sorted(CONTRACT_KEYS - set(result))
-    assert result["name"] == name and result["quick"] is True and isinstance(result["supported"], bool)
+    assert (
+        result["name"] == name and result["quick"] is True and isinstance(result["supported"], bool)
+    )
     assert result["claim"] and result["paper"] and result["verdict"]
     assert result["seeds"] == list(seeds)
     rows = {r["method"]: r for r in result["rows"]}
@@ -42,6 +56,7 @@ def _check_contract(result, out, name, methods, seeds=(0,)):
 
 # ----------------------------------------------------------------------------- rpo
 
+
 def test_length_proxy_is_gold_plus_weighted_word_count():
     task = tasks.get_task("sentiment")
     prompts = ["the movie was", "the food was", "the book was"]
@@ -49,7 +64,9 @@ def test_length_proxy_is_gold_plus_weighted_word_count():
     gold = task.gold_rewards(prompts, responses)
     got = rpo.length_proxy(prompts, responses, task=task, length_weight=0.5)
     np.testing.assert_allclose(got, gold + 0.5 * np.array([1, 5, 6]), rtol=0, atol=1e-6)
-    np.testing.assert_allclose(rpo.length_proxy(prompts, responses, task=task, length_weight=0.0), gold, atol=1e-6)
+    np.testing.assert_allclose(
+        rpo.length_proxy(prompts, responses, task=task, length_weight=0.0), gold, atol=1e-6
+    )
     # the exploit: padding a response with sentiment-neutral words raises the proxy, not the gold score
     longer = [r + " and then we went home" for r in responses]
     assert (rpo.length_proxy(prompts, longer, task=task, length_weight=0.5) > got).all()
@@ -63,11 +80,25 @@ def test_best_worst_pairs_picks_extremes_and_drops_ties_and_empties():
     prompts = ["p0", "p1", "p2"]
     texts = ["a", "b", "c", "same", "same", "same", "", "x", "y"]
     scores = [0.1, 0.9, -0.5, 1.0, 1.0, 1.0, 5.0, 0.2, 0.3]
-    rows, dropped = rpo.best_worst_pairs(prompts, texts, scores, samples_per_prompt=3, min_margin=0.05)
+    rows, dropped = rpo.best_worst_pairs(
+        prompts, texts, scores, samples_per_prompt=3, min_margin=0.05
+    )
     assert dropped == 1  # p1: all scores tie
-    assert rows[0] == {"prompt": "p0", "chosen": "b", "rejected": "c", "chosen_reward": 0.9, "rejected_reward": -0.5}
-    assert (rows[1]["chosen"], rows[1]["rejected"]) == ("y", "x")  # the empty text (score 5) never competes
-    assert len(rpo.best_worst_pairs(prompts, texts, scores, samples_per_prompt=3, min_margin=0.5)[0]) == 1
+    assert rows[0] == {
+        "prompt": "p0",
+        "chosen": "b",
+        "rejected": "c",
+        "chosen_reward": 0.9,
+        "rejected_reward": -0.5,
+    }
+    assert (rows[1]["chosen"], rows[1]["rejected"]) == (
+        "y",
+        "x",
+    )  # the empty text (score 5) never competes
+    assert (
+        len(rpo.best_worst_pairs(prompts, texts, scores, samples_per_prompt=3, min_margin=0.5)[0])
+        == 1
+    )
     with pytest.raises(ValueError, match="3 prompts x 2 samples"):
         rpo.best_worst_pairs(prompts, texts, scores, samples_per_prompt=2, min_margin=0.0)
 
@@ -91,7 +122,13 @@ def test_rpo_quick_runs_end_to_end(rpo_quick):
     out, result = rpo_quick
     rows = _check_contract(result, out, "rpo", ["SFT", "DPO", "RPO"])
     for m in ("DPO", "RPO"):
-        assert {"chosen_logp_change", "chosen_logp", "gold_reward", "win_rate_vs_sft", "kl_vs_sft"} <= set(rows[m])
+        assert {
+            "chosen_logp_change",
+            "chosen_logp",
+            "gold_reward",
+            "win_rate_vs_sft",
+            "kl_vs_sft",
+        } <= set(rows[m])
     for seed in (0,):
         d = os.path.join(out, "runs", f"seed{seed}")
         # both methods trained on the same proxy-labelled pairs from the same SFT policy
@@ -115,17 +152,24 @@ def test_rpo_rerun_reuses_every_stage(rpo_quick):
 
 # ----------------------------------------------------------------------------- rso
 
+
 def test_best_is_interior():
     assert rso.best_is_interior([(0.1, 0.5), (0.5, 0.7), (2.5, 0.6), (math.inf, 0.55)])
-    assert not rso.best_is_interior([(0.1, 0.8), (0.5, 0.7), (math.inf, 0.55)])  # smallest beta best
+    assert not rso.best_is_interior(
+        [(0.1, 0.8), (0.5, 0.7), (math.inf, 0.55)]
+    )  # smallest beta best
     assert not rso.best_is_interior([(0.1, 0.5), (0.5, 0.6), (math.inf, 0.6)])  # tie with the end
     assert not rso.best_is_interior([(0.5, 0.9), (math.inf, 0.5)])  # two points have no interior
 
 
 def test_rso_decision_rule():
     s = common.stats
-    win = {"RSO": s([0.70, 0.72, 0.71]), "DPO": s([0.60, 0.62, 0.61]),
-           "RSO-hinge": s([0.66, 0.67, 0.65]), "SLiC": s([0.58, 0.60, 0.59])}
+    win = {
+        "RSO": s([0.70, 0.72, 0.71]),
+        "DPO": s([0.60, 0.62, 0.61]),
+        "RSO-hinge": s([0.66, 0.67, 0.65]),
+        "SLiC": s([0.58, 0.60, 0.59]),
+    }
     sweep = [(0.1, 0.6), (0.5, 0.71), (2.5, 0.65), (math.inf, 0.61)]
     assert rso.decide(win, sweep)[0]
     assert not rso.decide(win, [(0.1, 0.75), (0.5, 0.71), (math.inf, 0.61)])[0]
@@ -150,7 +194,10 @@ def test_rso_quick_runs_end_to_end(tmp_path):
             # every method: the same SFT policy, the same proxy, the same prompts and pair budget
             assert stats["sft_policy"] == os.path.join(d, "sft", "hf")
             assert stats["generation"]["reward"]["path"] == os.path.join(d, "rm", "hf")
-            assert stats["train"]["prompts"] == s["num_prompts"] and stats["train"]["samples_per_prompt"] == n
+            assert (
+                stats["train"]["prompts"] == s["num_prompts"]
+                and stats["train"]["samples_per_prompt"] == n
+            )
             assert stats["train"]["accepted_per_prompt"] == s["num_accepted"]
             # rso.num_eval_prompts=0: a train split only (an empty test split would fail the TFDS build)
             assert os.listdir(os.path.join(d, key, "rso_data")) == ["train.jsonl"]

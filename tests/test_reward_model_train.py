@@ -6,6 +6,7 @@ and its noisy Bradley-Terry labels.
 If the accuracy test fails after a change to the model, optimiser or data defaults, rerun
 `python -m experiments.train --config configs/reward_model.py:tiny` and look at eval_accuracy
 in metrics.jsonl before touching the threshold: tiny reaches ~0.9 by step 50."""
+
 import json
 import os
 import pathlib
@@ -13,11 +14,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from alignment.engine import config as config_files
-
-from alignment import rewards, tasks
-from alignment import learners
+from alignment import learners, rewards, tasks
 from alignment.data.task_pairs import task_rows
+from alignment.engine import config as config_files
 from alignment.tokenizer import tiny_tokenizer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -25,8 +24,11 @@ STEPS = 50
 
 
 def _config(arg="tiny", **updates):
-    return config_files.get_config(REPO / "configs" / "reward_model.py", arg, {
-        "progress_bar": False, "tensorboard": False, "checkpoint_async": False, **updates})
+    return config_files.get_config(
+        REPO / "configs" / "reward_model.py",
+        arg,
+        {"progress_bar": False, "tensorboard": False, "checkpoint_async": False, **updates},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +72,16 @@ def test_tiny_reward_model_learns_gold_preferences(rm_run):
 def test_exported_reward_model_scores_held_out_pairs_like_the_gold_scorer(rm_run):
     folder = os.path.join(rm_run["workdir"], "hf")
     cfg_json = json.loads(open(os.path.join(folder, "config.json")).read())
-    assert cfg_json["architectures"] == ["LlamaForSequenceClassification"] and cfg_json["num_labels"] == 1
+    assert (
+        cfg_json["architectures"] == ["LlamaForSequenceClassification"]
+        and cfg_json["num_labels"] == 1
+    )
     reward_cfg = rewards.default_reward_config()
     reward_cfg.kind, reward_cfg.path, reward_cfg.batch_size = "reward_model", folder, 16
     fn = rewards.make_reward(reward_cfg)  # EOS from the tokenizer saved with the export
-    pairs = task_rows("sentiment", kind="preference", split="validation", n=48, seed=1, label_temperature=0.0)
+    pairs = task_rows(
+        "sentiment", kind="preference", split="validation", n=48, seed=1, label_temperature=0.0
+    )
     tok = tiny_tokenizer()
     prompts = [p["prompt"] for p in pairs]
     chosen = fn(rewards.RewardInputs.from_text(prompts, [p["chosen"] for p in pairs], tok))
@@ -82,33 +89,60 @@ def test_exported_reward_model_scores_held_out_pairs_like_the_gold_scorer(rm_run
     assert np.mean(chosen > rejected) >= 0.75
     # the pairwise preference model built on it prefers the gold-better response on average
     pref = rewards.make_preference(reward_cfg, tokenizer=tok)
-    p = pref(rewards.RewardInputs.from_text(prompts, [x["chosen"] for x in pairs], tok),
-             rewards.RewardInputs.from_text(prompts, [x["rejected"] for x in pairs], tok))
+    p = pref(
+        rewards.RewardInputs.from_text(prompts, [x["chosen"] for x in pairs], tok),
+        rewards.RewardInputs.from_text(prompts, [x["rejected"] for x in pairs], tok),
+    )
     assert p.mean() > 0.6
 
 
 def test_task_pairs_gold_and_noisy_labels():
     task = tasks.get_task("sentiment")
-    gold = task_rows("sentiment", kind="preference", split="train", n=400, seed=0, label_temperature=0.0)
-    g = np.array([[task.gold_reward(r["prompt"], r["chosen"]), task.gold_reward(r["prompt"], r["rejected"])]
-                  for r in gold])
+    gold = task_rows(
+        "sentiment", kind="preference", split="train", n=400, seed=0, label_temperature=0.0
+    )
+    g = np.array(
+        [
+            [
+                task.gold_reward(r["prompt"], r["chosen"]),
+                task.gold_reward(r["prompt"], r["rejected"]),
+            ]
+            for r in gold
+        ]
+    )
     assert (g[:, 0] > g[:, 1]).all()
-    assert gold == task_rows("sentiment", kind="preference", split="train", n=400, seed=0, label_temperature=0.0)
+    assert gold == task_rows(
+        "sentiment", kind="preference", split="train", n=400, seed=0, label_temperature=0.0
+    )
     # noisy labels: a pair keeps its gold order with probability sigmoid(|gap| / t)
     t = 0.5
-    noisy = task_rows("sentiment", kind="preference", split="train", n=400, seed=0, label_temperature=t)
+    noisy = task_rows(
+        "sentiment", kind="preference", split="train", n=400, seed=0, label_temperature=t
+    )
     kept = np.array([n["chosen"] == r["chosen"] for n, r in zip(noisy, gold)])
     expected = 1 / (1 + np.exp(-(g[:, 0] - g[:, 1]) / t))
-    assert abs(kept.mean() - expected.mean()) < 4 * np.sqrt(np.sum(expected * (1 - expected))) / len(kept)
+    assert abs(kept.mean() - expected.mean()) < 4 * np.sqrt(
+        np.sum(expected * (1 - expected))
+    ) / len(kept)
     assert 0.5 < kept.mean() < 0.95
     # held-out splits keep gold labels whatever the temperature
-    held = task_rows("sentiment", kind="preference", split="test", n=50, seed=0, label_temperature=t)
-    assert held == task_rows("sentiment", kind="preference", split="test", n=50, seed=0, label_temperature=0.0)
+    held = task_rows(
+        "sentiment", kind="preference", split="test", n=50, seed=0, label_temperature=t
+    )
+    assert held == task_rows(
+        "sentiment", kind="preference", split="test", n=50, seed=0, label_temperature=0.0
+    )
     assert not {r["prompt"] for r in held} & {r["prompt"] for r in gold}
     # other tasks: sorting (corrupted copy) and arithmetic (another prompt's demonstration)
     for name in ("sorting", "arithmetic"):
         t_ = tasks.get_task(name)
-        for r in task_rows(name, kind="preference", split="train", n=20, seed=0, label_temperature=0.0):
-            assert t_.gold_reward(r["prompt"], r["chosen"]) > t_.gold_reward(r["prompt"], r["rejected"])
+        for r in task_rows(
+            name, kind="preference", split="train", n=20, seed=0, label_temperature=0.0
+        ):
+            assert t_.gold_reward(r["prompt"], r["chosen"]) > t_.gold_reward(
+                r["prompt"], r["rejected"]
+            )
     sft = task_rows("arithmetic", kind="sft", split="train", n=3, seed=0, label_temperature=0.0)
-    assert [(r["prompt"], r["completion"]) for r in sft] == tasks.get_task("arithmetic").demonstrations("train", 3, 0)
+    assert [(r["prompt"], r["completion"]) for r in sft] == tasks.get_task(
+        "arithmetic"
+    ).demonstrations("train", 3, 0)

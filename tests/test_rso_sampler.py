@@ -38,7 +38,9 @@ def _accepted_actions(beta, *, num_prompts=1500, num_candidates=64, num_accepted
 def test_accepted_samples_follow_pi_sft_times_exp_reward_over_beta():
     beta = 1.0
     target = rso.target_distribution(PI_SFT, REWARD, beta)
-    np.testing.assert_allclose(target, PI_SFT * np.exp(REWARD / beta) / np.sum(PI_SFT * np.exp(REWARD / beta)))
+    np.testing.assert_allclose(
+        target, PI_SFT * np.exp(REWARD / beta) / np.sum(PI_SFT * np.exp(REWARD / beta))
+    )
     accepted, acc = _accepted_actions(beta)
     chi2 = _chi2(accepted, target)
     assert chi2 < CHI2_4DF_P001, (chi2, np.bincount(accepted, minlength=5) / accepted.size, target)

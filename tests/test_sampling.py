@@ -1,4 +1,5 @@
 """KV-cache sampler: HF greedy parity, log-prob consistency, seeds, filters, stops, buckets, errors."""
+
 import math
 
 import jax
@@ -9,14 +10,22 @@ from flax import nnx
 
 from alignment import models, sharding
 from alignment.models.logprobs import model_logprobs
-from alignment.sampling import (SamplingParams, generate, left_pad, min_p_filter, sample_arrays,
-                                top_k_filter, top_p_filter)
+from alignment.sampling import (
+    SamplingParams,
+    generate,
+    left_pad,
+    min_p_filter,
+    sample_arrays,
+    top_k_filter,
+    top_p_filter,
+)
 from alignment.sampling import sampler as sampler_lib
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15, 16, 17], [3]]
 
 
 # -- processors on hand-made logits ----------------------------------------------------------------
+
 
 def _kept(logits):
     return np.isfinite(np.asarray(logits)).astype(int).tolist()
@@ -63,15 +72,23 @@ def test_sampling_distribution_matches_filtered_softmax():
     assert freq[3] == 0
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(temperature=-1.0), "temperature"), (dict(top_k=0), "top_k"), (dict(top_p=0.0), "top_p"),
-    (dict(top_p=1.5), "top_p"), (dict(min_p=-0.1), "min_p")])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(temperature=-1.0), "temperature"),
+        (dict(top_k=0), "top_k"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(min_p=-0.1), "min_p"),
+    ],
+)
 def test_sampling_params_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SamplingParams(**kwargs)
 
 
 # -- end to end on a tiny model --------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def model():
@@ -89,10 +106,11 @@ def fresh_logprobs(model):
 
     def run(prompt, completion):
         ids = np.zeros((1, 32), np.int32)  # fixed shape: one compile
-        ids[0, :len(prompt) + len(completion)] = prompt + completion
+        ids[0, : len(prompt) + len(completion)] = prompt + completion
         loss_mask = np.zeros_like(ids)
-        loss_mask[0, len(prompt):len(prompt) + len(completion)] = 1
-        return np.asarray(fn(state, ids, loss_mask))[0, len(prompt):len(prompt) + len(completion)]
+        loss_mask[0, len(prompt) : len(prompt) + len(completion)] = 1
+        return np.asarray(fn(state, ids, loss_mask))[0, len(prompt) : len(prompt) + len(completion)]
+
     return run
 
 
@@ -128,7 +146,7 @@ def test_eos_and_stop_ids(model):
     eos = greedy.tokens[0][2]  # the third token of prompt 0: it stops there, including the EOS
     out = generate(model, PROMPTS, max_new_tokens=8, eos_id=eos)
     for full, got, reason in zip(greedy.tokens, out.tokens, out.finish_reasons):
-        want = full[:full.index(eos) + 1] if eos in full else full
+        want = full[: full.index(eos) + 1] if eos in full else full
         assert got == want
         assert reason == ("stop" if eos in full else "length")
     stop = greedy.tokens[1][1]
@@ -140,9 +158,18 @@ def test_loop_exits_when_all_rows_stopped(model):
     ids, mask, active = left_pad([[5, 6, 7], [5, 6, 7]], 8, 2)
     graphdef, state = models.split(model)
     first = generate(model, [[5, 6, 7]], max_new_tokens=1).tokens[0][0]
-    run = jax.jit(lambda state, ids, mask, active: sample_arrays(
-        graphdef, state, prompt_ids=ids, prompt_mask=mask, key=jax.random.key(0), max_new_tokens=16,
-        stop_ids=(first,), active=active))
+    run = jax.jit(
+        lambda state, ids, mask, active: sample_arrays(
+            graphdef,
+            state,
+            prompt_ids=ids,
+            prompt_mask=mask,
+            key=jax.random.key(0),
+            max_new_tokens=16,
+            stop_ids=(first,),
+            active=active,
+        )
+    )
     out = run(state, ids, mask, active)
     assert int(out.num_steps) == 1 and out.lengths.tolist() == [1, 1]
     assert out.tokens[:, 1:].tolist() == [[0] * 15] * 2  # padding after the stop
@@ -155,10 +182,10 @@ def test_loop_exits_when_all_rows_stopped(model):
 def test_one_compile_per_bucket(model):
     generate(model, [[1, 2, 3]], max_new_tokens=4)
     before = sampler_lib.TRACE_COUNT[0]
-    generate(model, [[1, 2, 3, 4, 5]], max_new_tokens=4)          # prompt bucket 8, batch bucket 1
+    generate(model, [[1, 2, 3, 4, 5]], max_new_tokens=4)  # prompt bucket 8, batch bucket 1
     generate(model, [[9] * 7], max_new_tokens=4)
     assert sampler_lib.TRACE_COUNT[0] == before
-    generate(model, [[1, 2], [3], [4, 5, 6]], max_new_tokens=4)   # batch bucket 4: one new compile
+    generate(model, [[1, 2], [3], [4, 5, 6]], max_new_tokens=4)  # batch bucket 4: one new compile
     generate(model, [[1], [3], [4, 5, 6, 7]], max_new_tokens=4)
     assert sampler_lib.TRACE_COUNT[0] == before + 1
 
@@ -166,7 +193,9 @@ def test_one_compile_per_bucket(model):
 def test_bad_inputs_raise_clear_errors(model):
     with pytest.raises(ValueError, match="non-empty list"):
         generate(model, [], max_new_tokens=4)
-    with pytest.raises(ValueError, match=r"prompt 1 has token id 256 at position 2, outside the vocabulary"):
+    with pytest.raises(
+        ValueError, match=r"prompt 1 has token id 256 at position 2, outside the vocabulary"
+    ):
         generate(model, [[1], [1, 2, 256]], max_new_tokens=4)
     with pytest.raises(ValueError, match=r"prompt 0 has token id -1"):
         generate(model, [[-1]], max_new_tokens=4)
@@ -182,27 +211,49 @@ def test_bad_inputs_raise_clear_errors(model):
         generate(model, [[1]], max_new_tokens=4, eos_id=300)
     graphdef, state = models.split(model)
     with pytest.raises(ValueError, match=r"cache_len=10 < prompt length 8 \+ max_new_tokens 4"):
-        sample_arrays(graphdef, state, jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32),
-                      jax.random.key(0), max_new_tokens=4, cache_len=10)
+        sample_arrays(
+            graphdef,
+            state,
+            jnp.ones((1, 8), jnp.int32),
+            jnp.ones((1, 8), jnp.int32),
+            jax.random.key(0),
+            max_new_tokens=4,
+            cache_len=10,
+        )
 
 
 # -- greedy parity with Hugging Face generate ------------------------------------------------------
+
 
 def _hf_model(family):
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
-    common = dict(vocab_size=256, bos_token_id=0, eos_token_id=1, pad_token_id=0, initializer_range=0.2)
-    llama_like = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=16, max_position_embeddings=128, **common)
+    common = dict(
+        vocab_size=256, bos_token_id=0, eos_token_id=1, pad_token_id=0, initializer_range=0.2
+    )
+    llama_like = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=128,
+        **common,
+    )
     if family == "llama":
         config = transformers.LlamaConfig(**llama_like)
     elif family == "qwen3":
         config = transformers.Qwen3Config(**llama_like, tie_word_embeddings=True)
     elif family == "gemma2":
         # Window 4 < prompt + new tokens: the sliding window is exercised through the cache.
-        config = transformers.Gemma2Config(**llama_like, sliding_window=4, query_pre_attn_scalar=16,
-                                           layer_types=["sliding_attention", "full_attention"])
+        config = transformers.Gemma2Config(
+            **llama_like,
+            sliding_window=4,
+            query_pre_attn_scalar=16,
+            layer_types=["sliding_attention", "full_attention"],
+        )
     else:
         config = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=128, **common)
     hf = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).eval()
@@ -219,6 +270,7 @@ def _hf_model(family):
 @pytest.mark.parametrize("family", ["llama", "qwen3", "gemma2", "gpt2"])
 def test_greedy_matches_hf_generate(family, tmp_path):
     import torch  # optional heavy dependency: the parity extra (torch, transformers)
+
     hf = _hf_model(family)
     hf.save_pretrained(tmp_path, safe_serialization=True)
     ours = models.from_pretrained(tmp_path)
@@ -227,17 +279,44 @@ def test_greedy_matches_hf_generate(family, tmp_path):
     out = generate(ours, prompts, max_new_tokens=new, eos_id=1)
     for prompt, tokens in zip(prompts, out.tokens):
         with torch.no_grad():
-            ref = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones_like(torch.tensor([prompt])),
-                              max_new_tokens=new, do_sample=False, eos_token_id=1, pad_token_id=0)
-        assert tokens == ref[0, len(prompt):].tolist(), (family, prompt)
-    assert len({t for tokens in out.tokens for t in tokens}) > 3, "degenerate model: test is vacuous"
+            ref = hf.generate(
+                torch.tensor([prompt]),
+                attention_mask=torch.ones_like(torch.tensor([prompt])),
+                max_new_tokens=new,
+                do_sample=False,
+                eos_token_id=1,
+                pad_token_id=0,
+            )
+        assert tokens == ref[0, len(prompt) :].tolist(), (family, prompt)
+    assert len({t for tokens in out.tokens for t in tokens}) > 3, (
+        "degenerate model: test is vacuous"
+    )
     assert not math.isnan(sum(sum(lp) for lp in out.logprobs))
 
 
 def test_bench_model_smoke(capsys):
     from experiments import bench  # pylint: disable=import-outside-toplevel
-    result = bench.main(["model", "--batch", "2", "--seq", "64", "--new-tokens", "4", "--chunk-size", "8",
-                         "--vocab-size", "2048", "--steps", "1", "--devices", "1", "--json"])
+
+    result = bench.main(
+        [
+            "model",
+            "--batch",
+            "2",
+            "--seq",
+            "64",
+            "--new-tokens",
+            "4",
+            "--chunk-size",
+            "8",
+            "--vocab-size",
+            "2048",
+            "--steps",
+            "1",
+            "--devices",
+            "1",
+            "--json",
+        ]
+    )
     assert result["forward_tokens_per_s"] > 0 and result["decode_tokens_per_s"] > 0
     # 8 of 64 positions per chunk: the chunked temporaries are a fraction of the full logits.
     assert result["logprob_fwd_temp_mib_chunked"] < result["logits_f32_mib"] / 2
@@ -252,7 +331,9 @@ def test_sharded_model_generates_the_same(model):
     want = generate(model, PROMPTS, max_new_tokens=6, temperature=1.0, seed=2)
     got = generate(sharded, PROMPTS, max_new_tokens=6, temperature=1.0, seed=2)
     assert got.tokens == want.tokens
-    np.testing.assert_allclose(np.concatenate(got.logprobs), np.concatenate(want.logprobs), atol=1e-4)
+    np.testing.assert_allclose(
+        np.concatenate(got.logprobs), np.concatenate(want.logprobs), atol=1e-4
+    )
 
 
 def test_logits_processor_changes_samples_not_logprobs(model, fresh_logprobs):

@@ -1,21 +1,29 @@
 """Multi-step arithmetic: generator, final-answer verifier, step segmentation and step checker."""
+
 import re
 
 import pytest
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from alignment.tasks import arithmetic as ar
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
-knobs = st.fixed_dictionaries({
-    "num_ops": st.tuples(st.integers(1, 3), st.integers(0, 3)).map(lambda t: (t[0], t[0] + t[1])),
-    "operand_range": st.tuples(st.integers(-20, 20), st.integers(0, 30)).map(
-        lambda t: (t[0], t[0] + t[1])),
-    "operators": st.lists(st.sampled_from(ar.OPERATORS), min_size=1, max_size=4,
-                          unique=True).map(tuple),
-    "spurious_step_prob": st.sampled_from([0.0, 0.3, 1.0]),
-})
+knobs = st.fixed_dictionaries(
+    {
+        "num_ops": st.tuples(st.integers(1, 3), st.integers(0, 3)).map(
+            lambda t: (t[0], t[0] + t[1])
+        ),
+        "operand_range": st.tuples(st.integers(-20, 20), st.integers(0, 30)).map(
+            lambda t: (t[0], t[0] + t[1])
+        ),
+        "operators": st.lists(
+            st.sampled_from(ar.OPERATORS), min_size=1, max_size=4, unique=True
+        ).map(tuple),
+        "spurious_step_prob": st.sampled_from([0.0, 0.3, 1.0]),
+    }
+)
 
 
 def test_golden_problem_rendering_and_round_trip():
@@ -29,8 +37,17 @@ def test_golden_problem_rendering_and_round_trip():
     assert ar.parse_problem(negative.prompt) == negative
 
 
-@pytest.mark.parametrize("prompt", ["compute: 12+7)*3", "compute: (12+7*3", "compute: 12",
-                                    "sort: 1 2", "compute: 12+x", "compute: (7/2)+1"])
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "compute: 12+7)*3",
+        "compute: (12+7*3",
+        "compute: 12",
+        "sort: 1 2",
+        "compute: 12+x",
+        "compute: (7/2)+1",
+    ],
+)
 def test_non_canonical_prompt_is_a_clear_error(prompt):
     with pytest.raises(ValueError, match="arithmetic prompt"):
         ar.parse_problem(prompt)
@@ -73,8 +90,11 @@ def test_spurious_steps_are_identities_and_appear():
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**32), delta=st.integers(-1000, 1000).filter(bool),
-       form=st.sampled_from(["answer: {}", "Answer:{}", "  ANSWER :  {} .", "final answer: {}"]))
+@given(
+    seed=st.integers(0, 2**32),
+    delta=st.integers(-1000, 1000).filter(bool),
+    form=st.sampled_from(["answer: {}", "Answer:{}", "  ANSWER :  {} .", "final answer: {}"]),
+)
 def test_any_corruption_of_the_final_answer_fails(seed, delta, form):
     task = ar.ArithmeticTask()
     prompt, response = task.demonstrations("test", 1, seed)[0]
@@ -86,15 +106,33 @@ def test_any_corruption_of_the_final_answer_fails(seed, delta, form):
     assert ar.step_correctness(prompt, body + "\n" + form.format(answer + delta))[-1] is False
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("answer: 57", 57), ("answer:57", 57), ("  Answer :  57.  ", 57), ("answer: +57", 57),
-    ("answer: -57", -57), ("answer: - 57", -57), ("answer: \u221257", -57), ("answer 57", 57),
-    ("the answer is 3\nanswer: 57", 57), ("answer: 1\nanswer: 57\n\n", 57),
-    ("final answer: 57", 57), ("answer is 57", 57),
-    ("answer: fifty-seven", None), ("answer: 57 58", None), ("answer: 57 apples", None),
-    ("answer:", None), ("57", None), ("", None), ("answers: 57", None), ("answer: 5.7", None),
-    ("answer: --57", None), ("\x00answer\x00: 5", None),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("answer: 57", 57),
+        ("answer:57", 57),
+        ("  Answer :  57.  ", 57),
+        ("answer: +57", 57),
+        ("answer: -57", -57),
+        ("answer: - 57", -57),
+        ("answer: \u221257", -57),
+        ("answer 57", 57),
+        ("the answer is 3\nanswer: 57", 57),
+        ("answer: 1\nanswer: 57\n\n", 57),
+        ("final answer: 57", 57),
+        ("answer is 57", 57),
+        ("answer: fifty-seven", None),
+        ("answer: 57 58", None),
+        ("answer: 57 apples", None),
+        ("answer:", None),
+        ("57", None),
+        ("", None),
+        ("answers: 57", None),
+        ("answer: 5.7", None),
+        ("answer: --57", None),
+        ("\x00answer\x00: 5", None),
+    ],
+)
 def test_answer_parsing(text, expected):
     assert ar.parse_answer(text) == expected
 
@@ -118,21 +156,27 @@ def test_negative_answers_need_their_sign():
     assert ar.step_correctness(prompt, "3-10=-7\n-7*2=-14\nanswer: -14") == [True] * 3
 
 
-@pytest.mark.parametrize("response,expected", [
-    # An arithmetic slip at step 1; later steps follow from what was written, so only it is wrong.
-    ("12+7=19\n19*3=56\n56-5=51\nanswer: 51", [True, False, True, True]),
-    # Right arithmetic, wrong operation: the pending '*3' is used up by the wrong attempt.
-    ("12+7=19\n19+3=22\n22-5=17\nanswer: 17", [True, False, True, True]),
-    # Harmless identity steps anywhere.
-    ("12+7=19\n19+0=19\n19*3=57\n57*1=57\n57-5=52\n52-0=52\nanswer: 52", [True] * 7),
-    # A step that does not start from the current value.
-    ("12+7=19\n20*3=60\n60-5=55\nanswer: 55", [True, False, True, True]),
-    # Garbage, an early answer, a step past the last operation.
-    ("12+7=19\nhmm let me think\n19*3=57\n57-5=52\nanswer: 52", [True, False, True, True, True]),
-    ("12+7=19\nanswer: 19", [True, False]),
-    ("12+7=19\n19*3=57\n57-5=52\n52+1=53\nanswer: 53", [True, True, True, False, True]),
-    ("12 + 7 = 19\n\n19 \u00d7 3 = 57\r\n57 \u2212 5 = 52\nanswer: 52", [True] * 4),
-])
+@pytest.mark.parametrize(
+    "response,expected",
+    [
+        # An arithmetic slip at step 1; later steps follow from what was written, so only it is wrong.
+        ("12+7=19\n19*3=56\n56-5=51\nanswer: 51", [True, False, True, True]),
+        # Right arithmetic, wrong operation: the pending '*3' is used up by the wrong attempt.
+        ("12+7=19\n19+3=22\n22-5=17\nanswer: 17", [True, False, True, True]),
+        # Harmless identity steps anywhere.
+        ("12+7=19\n19+0=19\n19*3=57\n57*1=57\n57-5=52\n52-0=52\nanswer: 52", [True] * 7),
+        # A step that does not start from the current value.
+        ("12+7=19\n20*3=60\n60-5=55\nanswer: 55", [True, False, True, True]),
+        # Garbage, an early answer, a step past the last operation.
+        (
+            "12+7=19\nhmm let me think\n19*3=57\n57-5=52\nanswer: 52",
+            [True, False, True, True, True],
+        ),
+        ("12+7=19\nanswer: 19", [True, False]),
+        ("12+7=19\n19*3=57\n57-5=52\n52+1=53\nanswer: 53", [True, True, True, False, True]),
+        ("12 + 7 = 19\n\n19 \u00d7 3 = 57\r\n57 \u2212 5 = 52\nanswer: 52", [True] * 4),
+    ],
+)
 def test_step_correctness_hand_cases(response, expected):
     prompt = "compute: ((12+7)*3)-5"
     assert ar.step_correctness(prompt, response) == expected
@@ -141,9 +185,13 @@ def test_step_correctness_hand_cases(response, expected):
 
 
 @SETTINGS
-@given(lines=st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=8),
-                      max_size=6),
-       sep=st.sampled_from(["\n", "\r\n", "\n\n"]), tail=st.sampled_from(["", "\n"]))
+@given(
+    lines=st.lists(
+        st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=8), max_size=6
+    ),
+    sep=st.sampled_from(["\n", "\r\n", "\n\n"]),
+    tail=st.sampled_from(["", "\n"]),
+)
 def test_step_prefixes_are_exact_prefixes(lines, sep, tail):
     response = sep.join(lines) + tail
     steps, prefixes = ar.split_steps(response), ar.step_prefixes(response)
@@ -153,8 +201,8 @@ def test_step_prefixes_are_exact_prefixes(lines, sep, tail):
     for step, prefix in zip(steps, prefixes[1:]):
         assert step and step == step.strip() and prefix.rstrip().endswith(step)
     if steps:
-        assert prefixes[-1] == response[:len(prefixes[-1])]
-        assert response[len(prefixes[-1]):].strip() == ""
+        assert prefixes[-1] == response[: len(prefixes[-1])]
+        assert response[len(prefixes[-1]) :].strip() == ""
 
 
 def test_step_prefixes_hand_case():
@@ -187,12 +235,18 @@ def test_division_is_exact():
         problem.values()  # raises on an inexact division
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"num_ops": (0, 2)}, "num_ops"), ({"num_ops": (3, 2)}, "num_ops"),
-    ({"operators": ("^",)}, "operators"), ({"operators": ()}, "operators"),
-    ({"operand_range": (5, 1)}, "operand_range"), ({"spurious_step_prob": 1.5}, "spurious"),
-    ({"max_abs_value": 5}, "max_abs_value"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"num_ops": (0, 2)}, "num_ops"),
+        ({"num_ops": (3, 2)}, "num_ops"),
+        ({"operators": ("^",)}, "operators"),
+        ({"operators": ()}, "operators"),
+        ({"operand_range": (5, 1)}, "operand_range"),
+        ({"spurious_step_prob": 1.5}, "spurious"),
+        ({"max_abs_value": 5}, "max_abs_value"),
+    ],
+)
 def test_bad_knobs_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ar.ArithmeticTask(**kwargs)
@@ -216,6 +270,6 @@ def test_too_small_prompt_space_is_a_clear_error():
 def test_values_match_python_eval():
     task = ar.ArithmeticTask(num_ops=(1, 4), operators=("+", "-", "*"))
     for prompt in task.prompts("validation", 30, seed=5):
-        expr = prompt[len(ar.PROMPT_PREFIX):]
+        expr = prompt[len(ar.PROMPT_PREFIX) :]
         assert eval(expr) == ar.parse_problem(prompt).answer  # noqa: S307 (our own digits)
         assert re.fullmatch(r"[\d()+\-*]+", expr)

@@ -1,4 +1,5 @@
 """reasoning-gym adapter: an optional extra, skipped where the package is absent."""
+
 import builtins
 
 import pytest
@@ -20,11 +21,16 @@ def test_missing_package_raises_an_import_error_naming_the_extra(monkeypatch):
         tasks.get_task("reasoning_gym")
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("so 12 apples\nanswer: 12", "12"), ("<answer>12</answer>", "12"),
-    ("<answer>1</answer> then <answer> 7 </answer>", "7"), ("answer: 3\n<answer>4</answer>", "3"),
-    ("I think it is 12", None),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("so 12 apples\nanswer: 12", "12"),
+        ("<answer>12</answer>", "12"),
+        ("<answer>1</answer> then <answer> 7 </answer>", "7"),
+        ("answer: 3\n<answer>4</answer>", "3"),
+        ("I think it is 12", None),
+    ],
+)
 def test_extract_answer(text, expected):
     assert rgt.extract_answer(text) == expected
 
@@ -42,7 +48,7 @@ def test_demonstrations_score_one_and_wrong_answers_do_not(gsm):
         assert response.splitlines()[-1].startswith("answer: ")
         assert "####" not in response
         assert gsm.gold_reward(prompt, response) == 1.0 and gsm.verify(prompt, response)
-        right = response.splitlines()[-1][len("answer: "):]
+        right = response.splitlines()[-1][len("answer: ") :]
         wrong = str(int(float(right)) + 1)
         assert gsm.gold_reward(prompt, f"<answer>{right}</answer>") == 1.0
         assert gsm.gold_reward(prompt, f"answer: {wrong}") < 1.0

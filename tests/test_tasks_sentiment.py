@@ -1,7 +1,9 @@
 """Sentiment continuation: neutral prompt grammar, VADER gold reward, noisy Bradley-Terry labels."""
+
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alignment.tasks import sentiment as se
 from alignment.tasks.base import split_of
@@ -25,8 +27,9 @@ def test_clearly_positive_beats_clearly_negative():
     neutral = task.gold_reward(prompt, " about what i expected, and then we went home.")
     assert positive > 0.5 > 0.0 == neutral > -0.5 > negative
     # Golden VADER scores of the shipped lexicon; a change means vaderSentiment changed.
-    assert positive == pytest.approx(0.8357, abs=1e-4) and negative == pytest.approx(-0.7003,
-                                                                                     abs=1e-4)
+    assert positive == pytest.approx(0.8357, abs=1e-4) and negative == pytest.approx(
+        -0.7003, abs=1e-4
+    )
 
 
 @SETTINGS
@@ -84,8 +87,9 @@ def test_sentiment_has_no_verifier():
         task.verify("the movie was", " great.")
 
 
-@pytest.mark.parametrize("diff,temperature", [(0.0, 1.0), (0.5, 0.25), (-1.0, 0.5), (1.5, 2.0),
-                                              (0.2, 0.1)])
+@pytest.mark.parametrize(
+    "diff,temperature", [(0.0, 1.0), (0.5, 0.25), (-1.0, 0.5), (1.5, 2.0), (0.2, 0.1)]
+)
 def test_noisy_labels_empirical_rate_matches_the_sigmoid(diff, temperature):
     n = 40_000
     gold_b = np.random.default_rng(1).uniform(-1, 1, n)

@@ -1,6 +1,8 @@
 """List sorting: adjacent-pair quality, malformed responses explained, worse corruptions."""
+
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alignment.tasks import sorting as so
 
@@ -37,13 +39,23 @@ def test_quality_is_the_in_order_fraction_and_ignores_prompt_order(values, data)
     assert so.quality(_prompt(shuffled_prompt), _text(response)) == q  # multiset only
 
 
-@pytest.mark.parametrize("response,quality,reason", [
-    ("1 3 5 9", 1.0, ""), ("1, 3, 5, 9", 1.0, ""), ("  1 3\n5 9 ", 1.0, ""),
-    ("3 1 5 9", 2 / 3, ""), ("9 5 3 1", 0.0, ""),
-    ("1 3 5", 0.0, "missing [9]"), ("1 3 5 9 9", 0.0, "extra [9]"), ("1 3 5 7", 0.0, "missing [9]"),
-    ("1 3 5 x", 0.0, "token 3 ('x') is not an integer"), ("", 0.0, "empty"),
-    ("sorted: 1 3 5 9", 0.0, "token 0"), ("1 3 5 9.0", 0.0, "token 3"),
-])
+@pytest.mark.parametrize(
+    "response,quality,reason",
+    [
+        ("1 3 5 9", 1.0, ""),
+        ("1, 3, 5, 9", 1.0, ""),
+        ("  1 3\n5 9 ", 1.0, ""),
+        ("3 1 5 9", 2 / 3, ""),
+        ("9 5 3 1", 0.0, ""),
+        ("1 3 5", 0.0, "missing [9]"),
+        ("1 3 5 9 9", 0.0, "extra [9]"),
+        ("1 3 5 7", 0.0, "missing [9]"),
+        ("1 3 5 x", 0.0, "token 3 ('x') is not an integer"),
+        ("", 0.0, "empty"),
+        ("sorted: 1 3 5 9", 0.0, "token 0"),
+        ("1 3 5 9.0", 0.0, "token 3"),
+    ],
+)
 def test_hand_cases_and_malformed_reasons(response, quality, reason):
     d = so.details("sort: 5 3 9 1", response)
     assert d.quality == pytest.approx(quality)
@@ -53,8 +65,11 @@ def test_hand_cases_and_malformed_reasons(response, quality, reason):
 
 
 @SETTINGS
-@given(values=st.lists(st.integers(-50, 50), min_size=2, max_size=9), k=st.integers(1, 4),
-       seed=st.integers(0, 2**32))
+@given(
+    values=st.lists(st.integers(-50, 50), min_size=2, max_size=9),
+    k=st.integers(1, 4),
+    seed=st.integers(0, 2**32),
+)
 def test_corrupt_makes_strictly_worse_permutations(values, k, seed):
     prompt, response = _prompt(values), _text(sorted(values))
     if len(set(values)) == 1:  # all equal: nothing can be out of order
@@ -105,10 +120,15 @@ def test_demonstrations_deterministic_held_out_and_knobs():
         assert len(set(values)) == len(values) and all(10 <= v <= 20 for v in values)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"length": (1, 3)}, "length"), ({"length": (5, 4)}, "length"),
-    ({"value_range": (9, 0)}, "value_range"), ({"value_range": (0, 3)}, "distinct"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"length": (1, 3)}, "length"),
+        ({"length": (5, 4)}, "length"),
+        ({"value_range": (9, 0)}, "value_range"),
+        ({"value_range": (0, 3)}, "distinct"),
+    ],
+)
 def test_bad_knobs_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         so.SortingTask(**kwargs)

@@ -1,5 +1,6 @@
 """Tokenizer: the transformers-backed wrapper on the real Qwen3 tokenizer, sentencepiece and
 the tiny tokenizer; golden outputs of the earlier implementation; no torch needed."""
+
 import io
 import json
 import pathlib
@@ -16,7 +17,7 @@ TEXTS = [
     "  leading and trailing spaces  ",
     "tabs\tand\nnewlines\n\n\r\nmixed",
     "unicode: héllo wörld, naïve café, ß, Ωμέγα, Привет, 你好世界, こんにちは, 안녕하세요 😀🚀👩‍👩‍👧",
-    "def f(x):\n    return {\"a\": [1, 2, 3]}  # comment\n\tpass\n",
+    'def f(x):\n    return {"a": [1, 2, 3]}  # comment\n\tpass\n',
     "numbers 1234567890 3.14159 -42 1e-5",
     "special-looking text <|im_start|>user\nhi<|im_end|> and </think>",
     "",
@@ -26,12 +27,16 @@ TEXTS = [
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 2+2?"}],
-    [{"role": "system", "content": "You are terse."},
-     {"role": "user", "content": "Name a colour."},
-     {"role": "assistant", "content": "Blue."},
-     {"role": "user", "content": "Another one, with unicode: ünïcödé 😀"}],
-    [{"role": "user", "content": "Think first."},
-     {"role": "assistant", "content": "<think>\nhmm\n</think>\n\nThe answer is 4."}],
+    [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+        {"role": "user", "content": "Another one, with unicode: ünïcödé 😀"},
+    ],
+    [
+        {"role": "user", "content": "Think first."},
+        {"role": "assistant", "content": "<think>\nhmm\n</think>\n\nThe answer is 4."},
+    ],
 ]
 
 
@@ -57,10 +62,13 @@ def test_qwen3_ids_match_transformers(qwen3):
     for text in TEXTS:
         expected = ref.encode(text, add_special_tokens=False)
         assert ours.encode(text) == expected, text
-        assert ours.encode(text, add_special_tokens=True) == ref.encode(text, add_special_tokens=True)
+        assert ours.encode(text, add_special_tokens=True) == ref.encode(
+            text, add_special_tokens=True
+        )
         for skip in (False, True):
             assert ours.decode(expected, skip_special_tokens=skip) == ref.decode(
-                expected, skip_special_tokens=skip), text
+                expected, skip_special_tokens=skip
+            ), text
     assert ours.encode_batch(TEXTS) == [ref.encode(t, add_special_tokens=False) for t in TEXTS]
 
 
@@ -74,31 +82,47 @@ def test_qwen3_special_ids(qwen3):
 
 @pytest.mark.parametrize("conversation", range(len(CONVERSATIONS)))
 @pytest.mark.parametrize("add_generation_prompt", [False, True])
-def test_qwen3_chat_template_matches_transformers(qwen3, conversation,
-                                                  add_generation_prompt):
+def test_qwen3_chat_template_matches_transformers(qwen3, conversation, add_generation_prompt):
     ours, ref = qwen3
     messages = CONVERSATIONS[conversation]
     kwargs = dict(add_generation_prompt=add_generation_prompt)
     text = ours.apply_chat_template(messages, **kwargs)
     assert text == ref.apply_chat_template(messages, tokenize=False, **kwargs)
     assert ours.apply_chat_template(messages, tokenize=True, **kwargs) == ref.encode(
-        text, add_special_tokens=False)
+        text, add_special_tokens=False
+    )
     # Template kwargs pass through (Qwen3's thinking switch).
-    assert ours.apply_chat_template(messages, enable_thinking=False, **kwargs) == \
-      ref.apply_chat_template(messages, tokenize=False, enable_thinking=False, **kwargs)
+    assert ours.apply_chat_template(
+        messages, enable_thinking=False, **kwargs
+    ) == ref.apply_chat_template(messages, tokenize=False, enable_thinking=False, **kwargs)
 
 
 def test_qwen3_chat_template_tools_and_none_content(qwen3):
     ours, ref = qwen3
-    tools = [{"type": "function", "function": {"name": "add", "description": "Adds <two> numbers & more",
-                                                "parameters": {"type": "object", "properties": {}}}}]
-    messages = [{"role": "user", "content": "add 1 and 2"},
-                {"role": "assistant", "content": "", "reasoning_content": None,
-                 "tool_calls": [{"function": {"name": "add", "arguments": {"a": 1, "b": 2}}}]},
-                {"role": "tool", "content": "3"}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "add",
+                "description": "Adds <two> numbers & more",
+                "parameters": {"type": "object", "properties": {}},
+            },
+        }
+    ]
+    messages = [
+        {"role": "user", "content": "add 1 and 2"},
+        {
+            "role": "assistant",
+            "content": "",
+            "reasoning_content": None,
+            "tool_calls": [{"function": {"name": "add", "arguments": {"a": 1, "b": 2}}}],
+        },
+        {"role": "tool", "content": "3"},
+    ]
     kwargs = dict(tools=tools, add_generation_prompt=True)
     assert ours.apply_chat_template(messages, **kwargs) == ref.apply_chat_template(
-        messages, tokenize=False, **kwargs)
+        messages, tokenize=False, **kwargs
+    )
 
 
 def test_qwen3_save_roundtrip(qwen3, tmp_path):
@@ -138,9 +162,11 @@ def test_tiny_chat_template():
     tok = tiny_tokenizer()
     messages = CONVERSATIONS[1]
     text = tok.apply_chat_template(messages, add_generation_prompt=True)
-    assert text == ("<bos><|system|>\nYou are terse.<eos>\n<|user|>\nName a colour.<eos>\n"
-                    "<|assistant|>\nBlue.<eos>\n<|user|>\nAnother one, with unicode: ünïcödé 😀<eos>\n"
-                    "<|assistant|>\n")
+    assert text == (
+        "<bos><|system|>\nYou are terse.<eos>\n<|user|>\nName a colour.<eos>\n"
+        "<|assistant|>\nBlue.<eos>\n<|user|>\nAnother one, with unicode: ünïcödé 😀<eos>\n"
+        "<|assistant|>\n"
+    )
     ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     assert ids[0] == tok.bos_id and ids.count(tok.eos_id) == 4
     assert ids[-2:] == [tok.token_to_id("<|assistant|>"), tok.encode("\n")[0]]
@@ -158,8 +184,9 @@ def test_tiny_tokenizer_saved_folder_loads_in_transformers(tmp_path):
         assert ours.encode(text, True) == ref.encode(text, add_special_tokens=True)
     assert (ref.bos_token_id, ref.eos_token_id, ref.pad_token_id) == (1, 2, 0)
     for messages in CONVERSATIONS:
-        assert ours.apply_chat_template(messages, add_generation_prompt=True) == ref.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True)
+        assert ours.apply_chat_template(
+            messages, add_generation_prompt=True
+        ) == ref.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 # -- sentencepiece ---------------------------------------------------------------------------------
@@ -177,20 +204,33 @@ def sp_dir(tmp_path_factory):
     sentencepiece = pytest.importorskip("sentencepiece")
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(SP_CORPUS), model_writer=model, vocab_size=320, model_type="bpe",
-        character_coverage=1.0, byte_fallback=True, pad_id=3, bos_id=1, eos_id=2, unk_id=0,
-        minloglevel=2, num_threads=1)
+        sentence_iterator=iter(SP_CORPUS),
+        model_writer=model,
+        vocab_size=320,
+        model_type="bpe",
+        character_coverage=1.0,
+        byte_fallback=True,
+        pad_id=3,
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        minloglevel=2,
+        num_threads=1,
+    )
     path = tmp_path_factory.mktemp("sp")
     (path / "tokenizer.model").write_bytes(model.getvalue())
-    config = {"pad_token": "<pad>",
-              "chat_template": "{% for m in messages %}{{ bos_token + m['role'] + ': ' + m['content']"
-                               " + eos_token }}{% endfor %}"}
+    config = {
+        "pad_token": "<pad>",
+        "chat_template": "{% for m in messages %}{{ bos_token + m['role'] + ': ' + m['content']"
+        " + eos_token }}{% endfor %}",
+    }
     (path / "tokenizer_config.json").write_text(json.dumps(config))
     return path
 
 
 def test_sentencepiece_loads_and_roundtrips(sp_dir, tmp_path):
     import sentencepiece  # pylint: disable=import-outside-toplevel
+
     tok = Tokenizer.from_pretrained(sp_dir)
     ref = sentencepiece.SentencePieceProcessor(model_file=str(sp_dir / "tokenizer.model"))
     assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.vocab_size) == (1, 2, 3, ref.get_piece_size())
@@ -201,7 +241,9 @@ def test_sentencepiece_loads_and_roundtrips(sp_dir, tmp_path):
         # special tokens added as transformers adds them for this folder
         assert tok.encode(text, add_special_tokens=True) == _hf(sp_dir).encode(text)
     chat = tok.apply_chat_template([{"role": "user", "content": "hello"}], tokenize=True)
-    assert chat[0] == tok.bos_id and chat[-1] == tok.eos_id  # special tokens in text become their ids
+    assert (
+        chat[0] == tok.bos_id and chat[-1] == tok.eos_id
+    )  # special tokens in text become their ids
     # decoding follows transformers (which puts a space after <s> for sentencepiece's "▁user")
     assert tok.decode(chat) == _hf(sp_dir).decode(chat)
     assert tok.decode(chat, skip_special_tokens=True) == "user: hello"
@@ -263,8 +305,13 @@ print(json.dumps({"torch": "torch" in sys.modules, "ids": tok.encode("Hello, wor
 
 def test_works_without_torch():
     # transformers' fast tokenizers need no torch: load, encode and render with torch hidden.
-    out = subprocess.run([sys.executable, "-c", NO_TORCH, str(SENTIMENT_BASE)], check=True,
-                         capture_output=True, text=True, cwd=pathlib.Path(__file__).parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, str(SENTIMENT_BASE)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=pathlib.Path(__file__).parents[1],
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["torch"] is False
     assert result["ids"] == Tokenizer.from_pretrained(SENTIMENT_BASE).encode("Hello, world!")
@@ -281,7 +328,8 @@ GOLDEN_HINT = (
     "differs from tests/tokenizer_golden.json. Checkpoints and cached data were tokenized with the "
     "recorded values: fix alignment/tokenizer.py. Only if the change is intended (e.g. a "
     "transformers upgrade changed a template on purpose) re-record the file with "
-    "`python tests/test_tokenizer.py --regenerate-golden` and say why in the commit message.")
+    "`python tests/test_tokenizer.py --regenerate-golden` and say why in the commit message."
+)
 
 
 def _golden_outputs(tok, golden):
@@ -290,24 +338,35 @@ def _golden_outputs(tok, golden):
     out["encode"] = []
     for e in golden["encode"]:
         ids = tok.encode(e["text"])
-        out["encode"].append({
-            "text": e["text"], "ids": ids,
-            "ids_special": tok.encode(e["text"], add_special_tokens=True),
-            "decode": tok.decode(ids), "decode_skip": tok.decode(ids, skip_special_tokens=True)})
+        out["encode"].append(
+            {
+                "text": e["text"],
+                "ids": ids,
+                "ids_special": tok.encode(e["text"], add_special_tokens=True),
+                "decode": tok.decode(ids),
+                "decode_skip": tok.decode(ids, skip_special_tokens=True),
+            }
+        )
     out["chat"] = []
     for c in golden["chat"]:
         kw = dict(c["kwargs"], add_generation_prompt=c["add_generation_prompt"])
-        out["chat"].append({
-            "messages": c["messages"], "kwargs": c["kwargs"],
-            "add_generation_prompt": c["add_generation_prompt"],
-            "text": tok.apply_chat_template(c["messages"], **kw),
-            "ids": tok.apply_chat_template(c["messages"], tokenize=True, **kw)})
+        out["chat"].append(
+            {
+                "messages": c["messages"],
+                "kwargs": c["kwargs"],
+                "add_generation_prompt": c["add_generation_prompt"],
+                "text": tok.apply_chat_template(c["messages"], **kw),
+                "ids": tok.apply_chat_template(c["messages"], tokenize=True, **kw),
+            }
+        )
     return out
 
 
 def _golden_tokenizers(qwen3_dir=None):
-    toks = {"sentiment_base": lambda: Tokenizer.from_pretrained(SENTIMENT_BASE),
-            "tiny": tiny_tokenizer}
+    toks = {
+        "sentiment_base": lambda: Tokenizer.from_pretrained(SENTIMENT_BASE),
+        "tiny": tiny_tokenizer,
+    }
     if qwen3_dir is not None:
         toks["qwen3"] = lambda: Tokenizer.from_pretrained(qwen3_dir)
     return toks
@@ -323,8 +382,10 @@ def _assert_matches_golden(name, tok):
         for key in ("ids", "ids_special", "decode", "decode_skip"):
             assert e[key] == g[key], f"{name}: {key} of {g['text'][:60]!r} {GOLDEN_HINT}"
     for g, c in zip(golden["chat"], got["chat"]):
-        where = (f"{name}: chat {g['messages']!r} kwargs={g['kwargs']!r} "
-                 f"add_generation_prompt={g['add_generation_prompt']}")
+        where = (
+            f"{name}: chat {g['messages']!r} kwargs={g['kwargs']!r} "
+            f"add_generation_prompt={g['add_generation_prompt']}"
+        )
         assert c["text"] == g["text"], f"{where}: rendered text {GOLDEN_HINT}"
         assert c["ids"] == g["ids"], f"{where}: ids {GOLDEN_HINT}"
 
@@ -341,6 +402,7 @@ def test_shipped_and_tiny_tokenizers_match_golden(name):
 if __name__ == "__main__" and sys.argv[1:] == ["--regenerate-golden"]:
     _old = json.loads(GOLDEN_FILE.read_text(encoding="utf-8"))
     import conftest  # the same fixture location the test session uses
+
     _dir = conftest.SHARED / "fixtures" / "qwen3-tokenizer"
     _new = {"about": _old["about"]}
     for _name, _make in _golden_tokenizers(_dir if _dir.is_dir() else None).items():
@@ -351,10 +413,14 @@ if __name__ == "__main__" and sys.argv[1:] == ["--regenerate-golden"]:
     for _i, _name in enumerate(_names):  # one entry per line: reviewable diffs
         _t = _new[_name]
         _lines.append(f' "{_name}": {{')
-        _lines += [f'  "{k}": {json.dumps(_t[k])},'
-                   for k in ("vocab_size", "bos_id", "eos_id", "pad_id")]
+        _lines += [
+            f'  "{k}": {json.dumps(_t[k])},' for k in ("vocab_size", "bos_id", "eos_id", "pad_id")
+        ]
         for _key, _end in (("encode", ","), ("chat", "")):
-            _lines += [f'  "{_key}": [', ",\n".join(
-                "   " + json.dumps(e, ensure_ascii=False) for e in _t[_key]), "  ]" + _end]
+            _lines += [
+                f'  "{_key}": [',
+                ",\n".join("   " + json.dumps(e, ensure_ascii=False) for e in _t[_key]),
+                "  ]" + _end,
+            ]
         _lines.append(" }" + ("," if _i < len(_names) - 1 else ""))
     GOLDEN_FILE.write_text("\n".join(_lines + ["}"]) + "\n", encoding="utf-8")

@@ -1,15 +1,15 @@
 """End-to-end CLI runs: golden first-step losses of the tiny configs, and `kill -9` + re-run
 resumes to bitwise-identical parameters."""
+
 import json
 import os
 import signal
 import time
 
+import engine_testlib as lib  # tests/ is on sys.path (conftest.py)
 import numpy as np
 import pytest
 
-
-import engine_testlib as lib  # tests/ is on sys.path (conftest.py)
 STEPS = 40
 KILLED_EVERY = 5
 
@@ -32,7 +32,8 @@ def test_tiny_dpo_metrics_and_golden_loss(reference):
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     assert rows[0]["loss"] == pytest.approx(np.log(2.0), abs=1e-6)
     assert rows[2]["loss"] == pytest.approx(GOLDEN_DPO_STEP3, abs=2e-6), (
-        "tiny DPO step-3 loss changed: see the comment on GOLDEN_DPO_STEP3")
+        "tiny DPO step-3 loss changed: see the comment on GOLDEN_DPO_STEP3"
+    )
     assert rows[-1]["loss"] < rows[0]["loss"]  # it learns the synthetic preference
     # held-out loss every eval_every_steps=10 steps of the tiny config, on the same line
     assert [r["step"] for r in rows if "eval_loss" in r] == [10, 20, 30, 40]
@@ -48,7 +49,9 @@ def test_kill_9_then_rerun_resumes_bitwise(reference, tmp_path):
         if ckdir.exists() and any(p.name.isdigit() for p in ckdir.iterdir()):
             break
         time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed:\n" + proc.stdout.read()[-3000:]
+    assert proc.poll() is None, (
+        "the run ended before it could be killed:\n" + proc.stdout.read()[-3000:]
+    )
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
@@ -66,4 +69,5 @@ def test_kill_9_then_rerun_resumes_bitwise(reference, tmp_path):
     # evaluations after the resume see the same params and the same held-out batches
     expected_rows = [json.loads(line) for line in open(reference / "metrics.jsonl")]
     assert [r.get("eval_loss") for r in rows if r["step"] > killed_at] == [
-        r.get("eval_loss") for r in expected_rows if r["step"] > killed_at]
+        r.get("eval_loss") for r in expected_rows if r["step"] > killed_at
+    ]

@@ -1,28 +1,27 @@
 """The jitted step: gradient accumulation == one big batch, precomputed == in-step reference,
 and the host loop's NaN guard / metrics files on a tiny SFT run."""
+
 import json
 import os
 
+import engine_testlib as lib  # tests/ is on sys.path (conftest.py)
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alignment.engine import config as config_files
-
-from alignment import losses, metrics, optim, sharding
 from alignment import engine as T
-from alignment import learners
+from alignment import learners, losses, metrics, optim, sharding
+from alignment.engine import config as config_files
 from alignment.learners import offline
-
-
-import engine_testlib as lib  # tests/ is on sys.path (conftest.py)
 
 
 def _setup(mesh, with_reference=False):
     graphdef, params, shardings = T.init_params(lib.tiny_model(), mesh, seed=0)
     tx = optim.make_optimizer(lib.optim_cfg(learning_rate=1e-3), params, 10)
-    state, st_sh = T.create_train_state(params, shardings, tx, mesh, seed=0, with_reference=with_reference)
+    state, st_sh = T.create_train_state(
+        params, shardings, tx, mesh, seed=0, with_reference=with_reference
+    )
     return graphdef, tx, state, st_sh
 
 
@@ -35,10 +34,17 @@ def test_grad_accumulation_equals_one_big_batch_for_token_mean_sft():
         graphdef, tx, state, st_sh = _setup(mesh)
         logprob_fn = T.make_logprob_fn(graphdef, chunk_size=16)
         loss_fn = lambda p, ref, b: offline.sft_loss(  # noqa: E731
-            logprob_fn, p, b, loss_fn=losses.get("sft"), loss_kwargs={})
+            logprob_fn, p, b, loss_fn=losses.get("sft"), loss_kwargs={}
+        )
         b_sh = T.batch_shardings_for(batch, mesh)
-        step = T.make_train_step(loss_fn, tx, state_shardings=st_sh, batch_shardings=b_sh, mesh=mesh,
-                                 grad_accum_steps=accum)
+        step = T.make_train_step(
+            loss_fn,
+            tx,
+            state_shardings=st_sh,
+            batch_shardings=b_sh,
+            mesh=mesh,
+            grad_accum_steps=accum,
+        )
         state, m = step(state, T.to_global(batch, b_sh))
         results.append((m, jax.tree.leaves(jax.device_get(state.params))))
     (m1, p1), (m4, p4) = results
@@ -62,30 +68,68 @@ def test_precomputed_reference_equals_in_step_and_reference_free_losses_skip_it(
 
     @jax.jit
     def both(p, r, b):
-        in_step = offline.preference_loss(logprob_fn, p, b, loss_fn=dpo, loss_kwargs={"beta": 0.1},
-                                          reference_mode="in_step", ref_params=r)
+        in_step = offline.preference_loss(
+            logprob_fn,
+            p,
+            b,
+            loss_fn=dpo,
+            loss_kwargs={"beta": 0.1},
+            reference_mode="in_step",
+            ref_params=r,
+        )
         rc, rr = offline.reference_logps(logprob_fn, r, b)
-        pre = offline.preference_loss(logprob_fn, p, {**b, "ref_chosen_logps": rc,
-                                                      "ref_rejected_logps": rr},
-                                      loss_fn=dpo, loss_kwargs={"beta": 0.1}, reference_mode="precomputed")
+        pre = offline.preference_loss(
+            logprob_fn,
+            p,
+            {**b, "ref_chosen_logps": rc, "ref_rejected_logps": rr},
+            loss_fn=dpo,
+            loss_kwargs={"beta": 0.1},
+            reference_mode="precomputed",
+        )
         return in_step, pre, rc, rr
 
     (l1, w1, m1), (l2, w2, m2), rc, rr = both(params, ref, batch)
     assert float(l1) == pytest.approx(float(l2), rel=1e-6) and float(w1) == float(w2) == 8.0
     # independent check of the pair forward: per-row log-probs from the un-interleaved batch
-    lp = logprob_fn(ref, batch["chosen_input_ids"], batch["chosen_attention_mask"], batch["chosen_loss_mask"])
+    lp = logprob_fn(
+        ref, batch["chosen_input_ids"], batch["chosen_attention_mask"], batch["chosen_loss_mask"]
+    )
     np.testing.assert_allclose(np.asarray(rc), np.asarray(jnp.sum(lp, -1)), rtol=1e-5)
     pc, pr = float(m1["logps_chosen"]), float(m1["logps_rejected"])
-    h = (np.asarray(jnp.sum(logprob_fn(params, batch["chosen_input_ids"], batch["chosen_attention_mask"],
-                                       batch["chosen_loss_mask"]), -1)) - np.asarray(rc)) - (
-        np.asarray(jnp.sum(logprob_fn(params, batch["rejected_input_ids"], batch["rejected_attention_mask"],
-                                      batch["rejected_loss_mask"]), -1)) - np.asarray(rr))
+    h = (
+        np.asarray(
+            jnp.sum(
+                logprob_fn(
+                    params,
+                    batch["chosen_input_ids"],
+                    batch["chosen_attention_mask"],
+                    batch["chosen_loss_mask"],
+                ),
+                -1,
+            )
+        )
+        - np.asarray(rc)
+    ) - (
+        np.asarray(
+            jnp.sum(
+                logprob_fn(
+                    params,
+                    batch["rejected_input_ids"],
+                    batch["rejected_attention_mask"],
+                    batch["rejected_loss_mask"],
+                ),
+                -1,
+            )
+        )
+        - np.asarray(rr)
+    )
     np.testing.assert_allclose(float(l1), np.mean(np.logaddexp(0.0, -0.1 * h)), rtol=1e-5)
     assert np.isfinite(pc) and np.isfinite(pr)
     assert not offline.needs_reference(losses.get("simpo")) and offline.needs_reference(dpo)
     with pytest.raises(KeyError, match="ref_chosen_logps"):
-        offline.preference_loss(logprob_fn, params, batch, loss_fn=dpo, loss_kwargs={},
-                                reference_mode="precomputed")
+        offline.preference_loss(
+            logprob_fn, params, batch, loss_fn=dpo, loss_kwargs={}, reference_mode="precomputed"
+        )
 
 
 def _load_config(name, arg):
@@ -118,6 +162,7 @@ def test_nan_guard_stops_with_step_and_metric_and_never_checkpoints_nan(tmp_path
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1]
     assert rows[0]["loss"] == pytest.approx(GOLDEN_SFT_STEP1, abs=2e-6), (
-        "tiny SFT first-step loss changed: see the comment on GOLDEN_SFT_STEP1")
+        "tiny SFT first-step loss changed: see the comment on GOLDEN_SFT_STEP1"
+    )
     assert {"loss", "grad_norm", "learning_rate", "tokens_per_s"} <= set(rows[0])
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))

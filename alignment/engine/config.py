@@ -32,7 +32,9 @@ def parse_arg(arg: str | None, allowed: dict[str, object]) -> dict[str, object]:
         key, sep, value = part.partition("=")
         key = key.strip()
         if key not in allowed:
-            raise ValueError(f"unknown config argument {key!r} in {arg!r}; allowed: {sorted(allowed)}")
+            raise ValueError(
+                f"unknown config argument {key!r} in {arg!r}; allowed: {sorted(allowed)}"
+            )
         if isinstance(allowed[key], bool):
             out[key] = (value.strip().lower() in ("1", "true", "yes")) if sep else True
         else:
@@ -75,36 +77,46 @@ def base_config(kind: str, args: dict[str, object]) -> ml_collections.ConfigDict
     c.tokenizer = "tiny" if tiny else ""
 
     c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
-    c.distributed = ml_collections.ConfigDict({
-        "num_processes": 1, "process_id": 0, "coordinator_address": "",
-        "cpu_collectives": "gloo",  # CPU-only multi-process runs need a collectives backend
-    })
-    c.model = ml_collections.ConfigDict({
-        "preset": "tiny" if tiny else "qwen3-0.6b",
-        "init_from": "",  # a Hugging Face folder; "" = random init from `preset`
-        # compute dtype; "bfloat16" with param_dtype float32 = f32 master weights
-        "dtype": "float32",
-        "param_dtype": "float32",
-        "scan_layers": False,
-        "remat_policy": "none",
-        "logprob_chunk_size": 32 if tiny else 512,
-        # recompute each chunk's [B, chunk, V] logits in the backward pass (memory O(B*chunk*V));
-        # False keeps them all (O(B*T*V) memory, 2*B*T*D*V fewer FLOPs)
-        "logprob_remat": True,
-    })
-    c.optim = ml_collections.ConfigDict({
-        "name": "adamw",
-        "learning_rate": 1e-3 if tiny else 1e-5,
-        "schedule": "cosine",  # constant | linear | cosine
-        "warmup_steps": 2 if tiny else 50,
-        "end_lr_factor": 0.1,
-        "b1": 0.9, "b2": 0.95, "eps": 1e-8,
-        "weight_decay": 0.0 if tiny else 0.01,
-        "decay_min_ndim": 2,
-        "no_decay_regex": r"(norm|bias|embed|wpe|wte|scale)",
-        "max_grad_norm": 1.0,
-        "freeze_regex": "",  # parameters whose '/'-path matches stay fixed
-    })
+    c.distributed = ml_collections.ConfigDict(
+        {
+            "num_processes": 1,
+            "process_id": 0,
+            "coordinator_address": "",
+            "cpu_collectives": "gloo",  # CPU-only multi-process runs need a collectives backend
+        }
+    )
+    c.model = ml_collections.ConfigDict(
+        {
+            "preset": "tiny" if tiny else "qwen3-0.6b",
+            "init_from": "",  # a Hugging Face folder; "" = random init from `preset`
+            # compute dtype; "bfloat16" with param_dtype float32 = f32 master weights
+            "dtype": "float32",
+            "param_dtype": "float32",
+            "scan_layers": False,
+            "remat_policy": "none",
+            "logprob_chunk_size": 32 if tiny else 512,
+            # recompute each chunk's [B, chunk, V] logits in the backward pass (memory O(B*chunk*V));
+            # False keeps them all (O(B*T*V) memory, 2*B*T*D*V fewer FLOPs)
+            "logprob_remat": True,
+        }
+    )
+    c.optim = ml_collections.ConfigDict(
+        {
+            "name": "adamw",
+            "learning_rate": 1e-3 if tiny else 1e-5,
+            "schedule": "cosine",  # constant | linear | cosine
+            "warmup_steps": 2 if tiny else 50,
+            "end_lr_factor": 0.1,
+            "b1": 0.9,
+            "b2": 0.95,
+            "eps": 1e-8,
+            "weight_decay": 0.0 if tiny else 0.01,
+            "decay_min_ndim": 2,
+            "no_decay_regex": r"(norm|bias|embed|wpe|wte|scale)",
+            "max_grad_norm": 1.0,
+            "freeze_regex": "",  # parameters whose '/'-path matches stay fixed
+        }
+    )
     c.loss = str(args["loss"])
     c.loss_kwargs = loss_defaults(c.loss)
     c.reference = ml_collections.ConfigDict({"mode": "in_step"})  # in_step | precomputed
@@ -115,7 +127,9 @@ def base_config(kind: str, args: dict[str, object]) -> ml_collections.ConfigDict
     return c
 
 
-def short_stage(c, *, steps: int, batch: int, lr: float, warmup: int, max_prompt_len: int, max_len: int):
+def short_stage(
+    c, *, steps: int, batch: int, lr: float, warmup: int, max_prompt_len: int, max_len: int
+):
     """Sets engine config `c` up as one stage of a multi-run experiment: `steps` steps, one
     checkpoint at the end, exported to WORKDIR/hf, no eval loss or TensorBoard, plain-text data.
     Returns `c`."""
@@ -139,6 +153,7 @@ def short_stage(c, *, steps: int, batch: int, lr: float, warmup: int, max_prompt
 
 
 # ----------------------------------------------------------------------------- dotted keys
+
 
 def known_keys(config, prefix: str = "") -> list[str]:
     """Every dotted key of `config` (`"optim.learning_rate"`, ...), sections included."""
@@ -173,11 +188,18 @@ def nearest_keys(config, key: str, n: int = 5) -> list[str]:
     leaf = parts[depth]
     near = []
     if _is_section(node):
+
         def score(name):
-            return (difflib.SequenceMatcher(None, leaf, name).ratio() + 0.5 * _subsequence(leaf, name)
-                    + 0.25 * name.startswith(leaf[:1]))
+            return (
+                difflib.SequenceMatcher(None, leaf, name).ratio()
+                + 0.5 * _subsequence(leaf, name)
+                + 0.25 * name.startswith(leaf[:1])
+            )
+
         ranked = sorted(node.keys(), key=lambda name: -score(name))
-        near = [f"{section}.{name}" if section else name for name in ranked if score(name) >= 0.6][:3]
+        near = [f"{section}.{name}" if section else name for name in ranked if score(name) >= 0.6][
+            :3
+        ]
     for k in difflib.get_close_matches(key, known_keys(config), n=n, cutoff=0.6):
         if k not in near:
             near.append(k)
@@ -194,8 +216,10 @@ def unknown_key_message(config, key: str) -> str | None:
             node = node[part]
             continue
         if not _is_section(node):
-            return (f"config key {key!r}: {'.'.join(parts[:i])!r} is a {type(node).__name__} value, not a "
-                    "section with keys")
+            return (
+                f"config key {key!r}: {'.'.join(parts[:i])!r} is a {type(node).__name__} value, not a "
+                "section with keys"
+            )
         near = nearest_keys(config, key)
         hint = f"; nearest known keys: {', '.join(near)}" if near else ""
         return f"unknown config key {key!r}{hint}"
@@ -232,19 +256,21 @@ def cli_override_keys(argv: Iterable[str], flag: str = "config") -> list[str]:
     for arg in argv:
         for dashes in ("--", "-"):
             if arg.startswith(f"{dashes}{flag}."):
-                keys.append(arg[len(dashes) + len(flag) + 1:].split("=", 1)[0])
+                keys.append(arg[len(dashes) + len(flag) + 1 :].split("=", 1)[0])
                 break
     return keys
 
 
-def check_cli_overrides(argv: Iterable[str], flag: str = "config", default: str | None = None) -> None:
+def check_cli_overrides(
+    argv: Iterable[str], flag: str = "config", default: str | None = None
+) -> None:
     """Before absl parses `argv`: a KeyError naming the first `--<flag>.<key>=...` whose key the
     config file of `--<flag>=<path>[:arg]` (or `default`) does not have, with the nearest known
     keys (absl would fail on it with a bare `AttributeError: "'key'"`). Does nothing without
     overrides or a config file, or when the config file does not load (absl reports that)."""
     argv = list(argv)
     if "--" in argv:
-        argv = argv[:argv.index("--")]
+        argv = argv[: argv.index("--")]
     spec = default
     for i, arg in enumerate(argv):
         for dashes in ("--", "-"):
@@ -265,6 +291,7 @@ def check_cli_overrides(argv: Iterable[str], flag: str = "config", default: str 
 
 # ----------------------------------------------------------------------------- config files
 
+
 def load_file(path: str | os.PathLike) -> ModuleType:
     """The config module at `path` (e.g. `configs/dpo.py`), loaded once per path."""
     path = os.path.abspath(path)
@@ -281,6 +308,8 @@ def load_file(path: str | os.PathLike) -> ModuleType:
     return module
 
 
-def get_config(path: str | os.PathLike, arg: str | None = None, overrides: Mapping[str, Any] | None = None):
+def get_config(
+    path: str | os.PathLike, arg: str | None = None, overrides: Mapping[str, Any] | None = None
+):
     """`get_config(arg)` of the config file at `path`, with `overrides` applied (see `override`)."""
     return override(load_file(path).get_config(arg), overrides or {})

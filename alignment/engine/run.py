@@ -43,8 +43,11 @@ def init_distributed(config) -> None:
         return
     if d.cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", d.cpu_collectives)
-    jax.distributed.initialize(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
-                               process_id=d.process_id)
+    jax.distributed.initialize(
+        coordinator_address=d.coordinator_address,
+        num_processes=d.num_processes,
+        process_id=d.process_id,
+    )
 
 
 def make_tokenizer(name: str):
@@ -54,10 +57,19 @@ def make_tokenizer(name: str):
 
 def run_record(config, workdir: str, reference: str) -> dict[str, Any]:
     """What `experiments.evaluate` reads from `WORKDIR/run.json`, plus the resolved config."""
-    tokenizer = config.tokenizer if config.tokenizer == "tiny" else os.path.abspath(config.tokenizer)
-    return {"kind": config.kind, "loss": config.loss, "reference": reference, "task": config.task,
-            "tokenizer": tokenizer, "chat_template": bool(config.data.chat_template),
-            "policy": os.path.join(workdir, "hf") if config.export_hf else "", "config": config.to_dict()}
+    tokenizer = (
+        config.tokenizer if config.tokenizer == "tiny" else os.path.abspath(config.tokenizer)
+    )
+    return {
+        "kind": config.kind,
+        "loss": config.loss,
+        "reference": reference,
+        "task": config.task,
+        "tokenizer": tokenizer,
+        "chat_template": bool(config.data.chat_template),
+        "policy": os.path.join(workdir, "hf") if config.export_hf else "",
+        "config": config.to_dict(),
+    }
 
 
 def load_policy(config, tokenizer, mesh, workdir: str, *, num_labels: int | None = None):
@@ -67,8 +79,9 @@ def load_policy(config, tokenizer, mesh, workdir: str, *, num_labels: int | None
     run.json (for a random init with `export_hf`, `WORKDIR/reference_hf`, written here once:
     the initial weights are a pure function of the seed, so a resumed run finds them)."""
     if config.model.init_from:
-        graphdef, params, shardings, model_cfg = load_params(config.model.init_from, config.model, mesh,
-                                                             num_labels=num_labels)
+        graphdef, params, shardings, model_cfg = load_params(
+            config.model.init_from, config.model, mesh, num_labels=num_labels
+        )
         return graphdef, params, shardings, model_cfg, os.path.abspath(config.model.init_from)
     model_cfg = model_config(config, tokenizer.vocab_size, num_labels=num_labels)
     graphdef, params, shardings = init_params(model_cfg, mesh, config.seed)
@@ -89,15 +102,28 @@ class MetricsLog:
     line gets `tokens_per_s` and `step_time_s` measured between flushes (`pause` removes time
     spent outside steps, such as evaluation)."""
 
-    def __init__(self, writer: metrics_lib.MetricsWriter, *, total_steps: int, log_every_steps: int,
-                 extra: Mapping[str, float] | None = None):
+    def __init__(
+        self,
+        writer: metrics_lib.MetricsWriter,
+        *,
+        total_steps: int,
+        log_every_steps: int,
+        extra: Mapping[str, float] | None = None,
+    ):
         self.writer, self.total_steps, self.log_every_steps = writer, total_steps, log_every_steps
         self.extra = dict(extra or {})
         self._pending = None
         self._clock = time.perf_counter()
 
-    def push(self, step_no: int, device: Any = None, *, host: Mapping[str, float] | None = None,
-             tokens: float | None = None, always: bool = False) -> None:
+    def push(
+        self,
+        step_no: int,
+        device: Any = None,
+        *,
+        host: Mapping[str, float] | None = None,
+        tokens: float | None = None,
+        always: bool = False,
+    ) -> None:
         self.flush()
         self._pending = (step_no, device, dict(host or {}), tokens, always)
 
@@ -157,8 +183,9 @@ class RunContext:
     def write_record(self, **extra: Any) -> None:
         """`WORKDIR/run.json` (process 0): `run_record` plus learner fields such as `task_kwargs`."""
         if self.process_index == 0:
-            ckpt_lib.write_run_record(self.workdir, {**run_record(self.config, self.workdir, self.reference),
-                                                     **extra})
+            ckpt_lib.write_run_record(
+                self.workdir, {**run_record(self.config, self.workdir, self.reference), **extra}
+            )
 
     def reference_params(self):
         """A copy of the starting weights, kept frozen (the step donates the live parameters, and
@@ -170,29 +197,41 @@ class RunContext:
         weights), the optimizer state sharded like them."""
         params = self.params if params is None else params
         shardings = self.shardings if shardings is None else shardings
-        return create_train_state(params, shardings, tx, self.mesh, seed=self.config.seed,
-                                  with_reference=with_reference)
+        return create_train_state(
+            params, shardings, tx, self.mesh, seed=self.config.seed, with_reference=with_reference
+        )
 
     def restore(self, state, state_shardings) -> tuple[Any, dict[str, Any] | None]:
         """`(state, this process's data state)` from the newest intact checkpoint, or
         `(state, None)` for a fresh run. The frozen reference is not checkpointed: `state`'s is kept."""
-        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
-                                state_shardings)
+        abstract = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings
+        )
         restored = self.checkpointer.restore_latest(abstract)
         if restored is None:
             return state, None
         step, new_state, data_states = restored
         log.info("resumed from step %d in %s", step, self.workdir)
-        return new_state.replace(ref_params=state.ref_params), ckpt_lib.local_data_state(data_states)
+        return new_state.replace(ref_params=state.ref_params), ckpt_lib.local_data_state(
+            data_states
+        )
 
-    def start_metrics(self, start_step: int, *, extra: Mapping[str, float] | None = None) -> MetricsLog:
+    def start_metrics(
+        self, start_step: int, *, extra: Mapping[str, float] | None = None
+    ) -> MetricsLog:
         """The run's metrics log, continuing at `start_step` (0 for a fresh run)."""
         c = self.config
-        writer = metrics_lib.MetricsWriter(self.workdir, total_steps=self.total_steps, start_step=start_step,
-                                           enabled=self.process_index == 0, tensorboard=c.tensorboard,
-                                           progress=None if c.progress_bar else False)
-        self.metrics = MetricsLog(writer, total_steps=self.total_steps, log_every_steps=c.log_every_steps,
-                                  extra=extra)
+        writer = metrics_lib.MetricsWriter(
+            self.workdir,
+            total_steps=self.total_steps,
+            start_step=start_step,
+            enabled=self.process_index == 0,
+            tensorboard=c.tensorboard,
+            progress=None if c.progress_bar else False,
+        )
+        self.metrics = MetricsLog(
+            writer, total_steps=self.total_steps, log_every_steps=c.log_every_steps, extra=extra
+        )
         return self.metrics
 
     def should_save(self, step_no: int) -> bool:
@@ -209,7 +248,9 @@ class RunContext:
     def export(self, params) -> None:
         """`WORKDIR/hf` (weights + tokenizer files) when `config.export_hf`."""
         if self.config.export_hf:
-            ckpt_lib.export_hf(self.graphdef, params, os.path.join(self.workdir, "hf"), tokenizer=self.tokenizer)
+            ckpt_lib.export_hf(
+                self.graphdef, params, os.path.join(self.workdir, "hf"), tokenizer=self.tokenizer
+            )
 
     def close(self) -> None:
         try:
@@ -225,7 +266,9 @@ class RunContext:
         self.close()
 
 
-def open_run(config, workdir: str, *, total_steps: int | None = None, num_labels: int | None = None) -> RunContext:
+def open_run(
+    config, workdir: str, *, total_steps: int | None = None, num_labels: int | None = None
+) -> RunContext:
     """Sets a run up in `workdir`: distributed init, mesh from `config.mesh`, tokenizer, starting
     weights (`load_policy`), checkpointer. `total_steps` (default `config.num_train_steps`) is
     the number of logged steps; `num_labels` loads the policy as a sequence classifier."""
@@ -234,17 +277,32 @@ def open_run(config, workdir: str, *, total_steps: int | None = None, num_labels
     os.makedirs(workdir, exist_ok=True)
     mesh = sharding.make_mesh(config.mesh.to_dict())
     tokenizer = make_tokenizer(config.tokenizer)
-    graphdef, params, shardings, model_cfg, reference = load_policy(config, tokenizer, mesh, workdir,
-                                                                    num_labels=num_labels)
+    graphdef, params, shardings, model_cfg, reference = load_policy(
+        config, tokenizer, mesh, workdir, num_labels=num_labels
+    )
     if tokenizer.vocab_size > model_cfg.vocab_size:
-        raise ValueError(f"tokenizer {config.tokenizer!r} has {tokenizer.vocab_size} ids but the model's "
-                         f"vocab_size is {model_cfg.vocab_size}")
-    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                         every_steps=config.checkpoint_every_steps,
-                                         keep=config.keep_checkpoints, async_save=config.checkpoint_async)
-    return RunContext(config=config, workdir=workdir, mesh=mesh, tokenizer=tokenizer, graphdef=graphdef,
-                      params=params, shardings=shardings, model_config=model_cfg, reference=reference,
-                      checkpointer=checkpointer, process_index=jax.process_index(),
-                      process_count=jax.process_count(),
-                      total_steps=config.num_train_steps if total_steps is None else total_steps)
-
+        raise ValueError(
+            f"tokenizer {config.tokenizer!r} has {tokenizer.vocab_size} ids but the model's "
+            f"vocab_size is {model_cfg.vocab_size}"
+        )
+    checkpointer = ckpt_lib.Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        every_steps=config.checkpoint_every_steps,
+        keep=config.keep_checkpoints,
+        async_save=config.checkpoint_async,
+    )
+    return RunContext(
+        config=config,
+        workdir=workdir,
+        mesh=mesh,
+        tokenizer=tokenizer,
+        graphdef=graphdef,
+        params=params,
+        shardings=shardings,
+        model_config=model_cfg,
+        reference=reference,
+        checkpointer=checkpointer,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        total_steps=config.num_train_steps if total_steps is None else total_steps,
+    )

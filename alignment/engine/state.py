@@ -26,8 +26,15 @@ def model_config(config, vocab_size: int, *, num_labels: int | None = None):
     `num_labels` makes it a sequence classifier (a score head of that width, no LM head)."""
     m = config.model
     head = dict(num_labels=num_labels, has_lm_head=False) if num_labels else {}
-    return models.get_preset(m.preset, vocab_size=vocab_size, dtype=m.dtype, param_dtype=m.param_dtype,
-                             scan_layers=m.scan_layers, remat_policy=m.remat_policy, **head)
+    return models.get_preset(
+        m.preset,
+        vocab_size=vocab_size,
+        dtype=m.dtype,
+        param_dtype=m.param_dtype,
+        scan_layers=m.scan_layers,
+        remat_policy=m.remat_policy,
+        **head,
+    )
 
 
 def make_logprob_fn(graphdef, chunk_size: int, remat: bool = True) -> Callable:
@@ -35,10 +42,22 @@ def make_logprob_fn(graphdef, chunk_size: int, remat: bool = True) -> Callable:
     per-token float32 log-probs `[B, T]` of the model `graphdef` under the pure dict `params`,
     computed `chunk_size` positions at a time (`remat`: recompute each chunk's logits in the
     backward pass rather than keep them; see `models.logprobs.token_logprobs`)."""
-    def logprob_fn(params, input_ids, attention_mask, loss_mask, *, segment_ids=None, positions=None):
+
+    def logprob_fn(
+        params, input_ids, attention_mask, loss_mask, *, segment_ids=None, positions=None
+    ):
         model = nnx.merge(graphdef, params)
-        return model_logprobs(model, input_ids, attention_mask, loss_mask, segment_ids=segment_ids,
-                              positions=positions, chunk_size=chunk_size, remat=remat)
+        return model_logprobs(
+            model,
+            input_ids,
+            attention_mask,
+            loss_mask,
+            segment_ids=segment_ids,
+            positions=positions,
+            chunk_size=chunk_size,
+            remat=remat,
+        )
+
     return logprob_fn
 
 
@@ -47,8 +66,10 @@ def abstract_model(model_cfg, seed: int = 0):
     abs_model = nnx.eval_shape(lambda: models.Transformer(model_cfg, rngs=nnx.Rngs(seed)))
     graphdef, abs_state, rest = nnx.split(abs_model, nnx.Param, ...)
     if jax.tree.leaves(rest):
-        raise ValueError("the engine expects a model whose state is all nnx.Param; found other "
-                         f"variables: {jax.tree.structure(rest)}")
+        raise ValueError(
+            "the engine expects a model whose state is all nnx.Param; found other "
+            f"variables: {jax.tree.structure(rest)}"
+        )
     return graphdef, abs_state
 
 
@@ -66,6 +87,7 @@ def init_params(model_cfg, mesh, seed: int):
     def init():
         model = models.Transformer(model_cfg, rngs=nnx.Rngs(seed))
         return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
     return graphdef, init(), shardings
 
 
@@ -77,8 +99,14 @@ def load_params(path: str, model_cfg_dict, mesh, *, num_labels: int | None = Non
     loads it as a sequence classifier (see `models.from_pretrained`). Returns
     `(graphdef, params, shardings, model_config)`."""
     m = model_cfg_dict
-    model = models.from_pretrained(path, dtype=m.param_dtype, mesh=mesh, scan_layers=m.scan_layers,
-                                   remat_policy=m.remat_policy, num_labels=num_labels)
+    model = models.from_pretrained(
+        path,
+        dtype=m.param_dtype,
+        mesh=mesh,
+        scan_layers=m.scan_layers,
+        remat_policy=m.remat_policy,
+        num_labels=num_labels,
+    )
     # from_pretrained sets one dtype for both; the compute dtype only lives in the graph
     model_cfg = model.config.replace(dtype=m.dtype)
     _, state, rest = nnx.split(model, nnx.Param, ...)
@@ -94,25 +122,39 @@ def opt_state_shardings(tx, abs_params, shardings, mesh):
     """Optimizer-state leaves shaped like a parameter take its sharding; the rest replicate."""
     abs_opt = jax.eval_shape(tx.init, abs_params)
     rep = sharding.replicated(mesh)
-    return optax.tree_map_params(tx, lambda _, s: s, abs_opt, shardings,
-                                 transform_non_params=lambda _: rep,
-                                 is_leaf=lambda x: isinstance(x, NamedSharding))
+    return optax.tree_map_params(
+        tx,
+        lambda _, s: s,
+        abs_opt,
+        shardings,
+        transform_non_params=lambda _: rep,
+        is_leaf=lambda x: isinstance(x, NamedSharding),
+    )
 
 
 def create_train_state(params, shardings, tx, mesh, *, seed: int, with_reference: bool):
     """`(state, state_shardings)`; the optimizer state is initialised sharded like `params`."""
     abs_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
     rep = sharding.replicated(mesh)
-    st_shardings = TrainState(step=rep, params=shardings,
-                              opt_state=opt_state_shardings(tx, abs_params, shardings, mesh), rng=rep,
-                              ref_params=shardings if with_reference else None)
+    st_shardings = TrainState(
+        step=rep,
+        params=shardings,
+        opt_state=opt_state_shardings(tx, abs_params, shardings, mesh),
+        rng=rep,
+        ref_params=shardings if with_reference else None,
+    )
 
     @functools.partial(jax.jit, out_shardings=st_shardings)
     def init(p):
-        return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
-                          rng=jax.random.PRNGKey(seed),
-                          # a copy: the step donates the state, and one buffer cannot be donated twice
-                          ref_params=jax.tree.map(jnp.copy, p) if with_reference else None)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=p,
+            opt_state=tx.init(p),
+            rng=jax.random.PRNGKey(seed),
+            # a copy: the step donates the state, and one buffer cannot be donated twice
+            ref_params=jax.tree.map(jnp.copy, p) if with_reference else None,
+        )
+
     return init(params), st_shardings
 
 

@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from alignment import sharding
 from alignment.types import TrainState
@@ -31,9 +32,17 @@ def _split_micro(x, num_micro: int):
     return jnp.swapaxes(y, 0, 1)
 
 
-def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, state_shardings,
-                    batch_shardings, mesh, grad_accum_steps: int = 1,
-                    schedule: Callable | None = None, donate: bool = True):
+def make_train_step(
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    *,
+    state_shardings,
+    batch_shardings,
+    mesh,
+    grad_accum_steps: int = 1,
+    schedule: Callable | None = None,
+    donate: bool = True,
+):
     """One jitted pure `train_step(state, batch) -> (state, metrics)`.
 
     `loss_fn(params, ref_params, batch) -> (loss, weight, metrics)` with `loss` a mean over
@@ -47,6 +56,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, state_
         def f(p):
             loss, w, m = loss_fn(p, ref_params, mb)
             return loss * w, (w, m)
+
         (lw, (w, m)), g = jax.value_and_grad(f, has_aux=True)(params)
         return g, lw, w, jax.tree.map(lambda v: v * w, m)
 
@@ -55,8 +65,12 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, state_
             g, lw, w, mw = micro(state.params, state.ref_params, batch)
         else:
             mbs = jax.tree.map(functools.partial(_split_micro, num_micro=grad_accum_steps), batch)
-            mbs = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(
-                x, NamedSharding(mesh, P(None, *sharding.batch_spec(x.ndim - 1)))), mbs)
+            mbs = jax.tree.map(
+                lambda x: jax.lax.with_sharding_constraint(
+                    x, NamedSharding(mesh, P(None, *sharding.batch_spec(x.ndim - 1)))
+                ),
+                mbs,
+            )
             first = jax.tree.map(lambda x: x[0], mbs)
             shapes = jax.eval_shape(micro, state.params, state.ref_params, first)
             zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
@@ -64,6 +78,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, state_
             def body(acc, mb):
                 out = micro(state.params, state.ref_params, mb)
                 return jax.tree.map(lambda a, o: a + o.astype(jnp.float32), acc, out), None
+
             (g, lw, w, mw), _ = jax.lax.scan(body, zeros, mbs)
         grads = jax.tree.map(lambda x, p: (x / w).astype(p.dtype), g, state.params)
         metrics = {k: v / w for k, v in mw.items()}
@@ -77,8 +92,12 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, state_
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
 
-    return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
-                   out_shardings=(state_shardings, rep), donate_argnums=(0,) if donate else ())
+    return jax.jit(
+        train_step,
+        in_shardings=(state_shardings, batch_shardings),
+        out_shardings=(state_shardings, rep),
+        donate_argnums=(0,) if donate else (),
+    )
 
 
 def make_eval_step(loss_fn: LossFn, *, state_shardings, batch_shardings, mesh):
@@ -102,8 +121,10 @@ def evaluate(eval_step, state, batches) -> dict[str, float]:
     outs = jax.device_get([eval_step(state, b) for b in batches])
     w = sum(float(o[1]) for o in outs)
     if not w > 0:
-        raise ValueError(f"the {len(batches)} eval batch(es) carry no weight (no response tokens or pairs "
-                         "to average over); check data.splits['eval'] or raise eval_batches")
+        raise ValueError(
+            f"the {len(batches)} eval batch(es) carry no weight (no response tokens or pairs "
+            "to average over); check data.splits['eval'] or raise eval_batches"
+        )
     result = {"eval_loss": sum(float(o[0]) for o in outs) / w}
     for k in outs[0][2]:
         result[f"eval_{k}"] = sum(float(o[2][k]) for o in outs) / w
@@ -116,7 +137,10 @@ def batch_shardings_for(batch: Mapping[str, Any], mesh):
 
 def to_global(batch: Mapping[str, np.ndarray], shardings) -> dict[str, jax.Array]:
     """This host's rows -> global arrays sharded over (data, fsdp)."""
-    return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in batch.items()}
+    return {
+        k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v))
+        for k, v in batch.items()
+    }
 
 
 # ----------------------------------------------------------------------------- host loop

@@ -9,13 +9,34 @@
 Pure statistics live in `metrics` (no jax), model work in `harness`, output in `report`; the
 command line is `python -m experiments.evaluate --workdir DIR`.
 """
-from alignment.evaluation.metrics import (default_ks, gold_ranked_pairs, kl_from_samples, mean_pass_at_k,
-                                          mean_stderr, pass_at_k, ranking_accuracy, win_rate)
+
 from alignment.evaluation.harness import evaluate_policy
+from alignment.evaluation.metrics import (
+    default_ks,
+    gold_ranked_pairs,
+    kl_from_samples,
+    mean_pass_at_k,
+    mean_stderr,
+    pass_at_k,
+    ranking_accuracy,
+    win_rate,
+)
 from alignment.evaluation.report import markdown_report, markdown_table, read_json, write_json
 from alignment.plotting import frontier_plot
 
-
-__all__ = ["default_ks", "evaluate_policy", "frontier_plot", "gold_ranked_pairs", "kl_from_samples",
-           "markdown_report", "markdown_table", "mean_pass_at_k", "mean_stderr", "pass_at_k",
-           "ranking_accuracy", "read_json", "win_rate", "write_json"]
+__all__ = [
+    "default_ks",
+    "evaluate_policy",
+    "frontier_plot",
+    "gold_ranked_pairs",
+    "kl_from_samples",
+    "markdown_report",
+    "markdown_table",
+    "mean_pass_at_k",
+    "mean_stderr",
+    "pass_at_k",
+    "ranking_accuracy",
+    "read_json",
+    "win_rate",
+    "write_json",
+]

@@ -9,6 +9,7 @@ gold-labelled held-out pairs by the implicit reward log pi - log ref.
 Models are only sampled (`alignment.sampling.generate`) and scored (`model_logprobs` under one
 `jax.jit` per model and shape bucket); no Flax here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,7 +29,9 @@ LENGTH_BUCKET = 16  # scored sequences are right-padded to a multiple of this (f
 # ------------------------------------------------------------------------------------ tokens
 
 
-def encode_prompts(tokenizer, prompts: Sequence[str], *, chat_template: bool = False) -> list[list[int]]:
+def encode_prompts(
+    tokenizer, prompts: Sequence[str], *, chat_template: bool = False
+) -> list[list[int]]:
     """Token ids the policy is conditioned on: BOS (when the tokenizer has one) + the prompt, as in
     training (`alignment.data.formatting`); with `chat_template`, a user turn plus the
     generation prompt rendered by the tokenizer's template."""
@@ -38,8 +41,11 @@ def encode_prompts(tokenizer, prompts: Sequence[str], *, chat_template: bool = F
         if not isinstance(prompt, str) or not prompt:
             raise ValueError(f"evaluation prompt {i} must be a non-empty string, got {prompt!r}")
         if chat_template:
-            ids = list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                     add_generation_prompt=True, tokenize=True))
+            ids = list(
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+                )
+            )
         else:
             ids = list(tokenizer.encode(prompt, add_special_tokens=False))
         if bos is not None and (not ids or ids[0] != bos):
@@ -52,7 +58,7 @@ def strip_eos(tokens: Sequence[int], eos_id: int | None) -> tuple[list[int], boo
     """(tokens before the first EOS, whether an EOS ended the response)."""
     tokens = [int(t) for t in tokens]
     if eos_id is not None and eos_id in tokens:
-        return tokens[:tokens.index(eos_id)], True
+        return tokens[: tokens.index(eos_id)], True
     return tokens, False
 
 
@@ -70,16 +76,33 @@ def chunk_seed(seed: int, stream: int, chunk: int) -> int:
     return (int(seed) * 2048 + stream * 1024 + chunk) % (1 << 31)
 
 
-def generate_all(model, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int, temperature: float,
-                 eos_id: int | None, seed: int, batch_size: int, stream: int = 0, top_k=None,
-                 top_p=None) -> list[list[int]]:
+def generate_all(
+    model,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    eos_id: int | None,
+    seed: int,
+    batch_size: int,
+    stream: int = 0,
+    top_k=None,
+    top_p=None,
+) -> list[list[int]]:
     """New tokens (ending at and including EOS when one was sampled) for every prompt, sampled in
     batches of `batch_size` (the sampler rounds a batch up to a power of two itself)."""
     out: list[list[int]] = []
     for i, (lo, hi) in enumerate(_chunks(len(prompt_ids), batch_size)):
-        result = sampling.generate(model, [list(p) for p in prompt_ids[lo:hi]], max_new_tokens=max_new_tokens,
-                                   temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id,
-                                   seed=chunk_seed(seed, stream, i))
+        result = sampling.generate(
+            model,
+            [list(p) for p in prompt_ids[lo:hi]],
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_id=eos_id,
+            seed=chunk_seed(seed, stream, i),
+        )
         out.extend([int(t) for t in toks] for toks in result.tokens)
     return out
 
@@ -110,8 +133,10 @@ def make_sequence_scorer(model, *, batch_size: int) -> Scorer:
         lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
         if max(lengths) > max_len:
             i = int(np.argmax(lengths))
-            raise ValueError(f"sequence {i} (prompt + response) has {lengths[i]} tokens, more than the "
-                             f"model's max_seq_len={max_len}; lower max_new_tokens")
+            raise ValueError(
+                f"sequence {i} (prompt + response) has {lengths[i]} tokens, more than the "
+                f"model's max_seq_len={max_len}; lower max_new_tokens"
+            )
         t = -(-max(lengths) // LENGTH_BUCKET) * LENGTH_BUCKET
         b = 1 << (min(batch_size, n) - 1).bit_length()  # power of two
         out = []
@@ -122,15 +147,19 @@ def make_sequence_scorer(model, *, batch_size: int) -> Scorer:
             for row in range(b):
                 k = lo + row if lo + row < hi else lo  # pad the last batch with its first row
                 p, r = prompt_ids[k], response_ids[k]
-                ids[row, :len(p) + len(r)] = list(p) + list(r)
-                attn[row, :len(p) + len(r)] = 1
-                loss[row, len(p):len(p) + len(r)] = 1
-            out.append(np.asarray(_sequence_logps(graphdef, state, ids, attn, loss), np.float64)[:hi - lo])
+                ids[row, : len(p) + len(r)] = list(p) + list(r)
+                attn[row, : len(p) + len(r)] = 1
+                loss[row, len(p) : len(p) + len(r)] = 1
+            out.append(
+                np.asarray(_sequence_logps(graphdef, state, ids, attn, loss), np.float64)[: hi - lo]
+            )
         logps = np.concatenate(out)
         bad = np.flatnonzero(~np.isfinite(logps))
         if bad.size:
-            raise FloatingPointError(f"model log-probs are non-finite for {bad.size} sequence(s), first "
-                                     f"sequence {int(bad[0])}: {logps[bad[0]]}")
+            raise FloatingPointError(
+                f"model log-probs are non-finite for {bad.size} sequence(s), first "
+                f"sequence {int(bad[0])}: {logps[bad[0]]}"
+            )
         return logps
 
     return score
@@ -143,11 +172,11 @@ def make_sequence_scorer(model, *, batch_size: int) -> Scorer:
 class Samples:
     """Responses to P prompts, K per prompt, flattened prompt-major (index p * K + k)."""
 
-    tokens: list[list[int]]   # new tokens incl. EOS
-    texts: list[str]          # decoded, EOS and special tokens removed
-    finished: np.ndarray      # bool [P*K]: an EOS ended the response (else max_new_tokens cut it)
-    lengths: np.ndarray       # int [P*K]: tokens incl. EOS
-    unknown_tokens: int       # sampled ids the tokenizer cannot decode (see `decode_response`)
+    tokens: list[list[int]]  # new tokens incl. EOS
+    texts: list[str]  # decoded, EOS and special tokens removed
+    finished: np.ndarray  # bool [P*K]: an EOS ended the response (else max_new_tokens cut it)
+    lengths: np.ndarray  # int [P*K]: tokens incl. EOS
+    unknown_tokens: int  # sampled ids the tokenizer cannot decode (see `decode_response`)
 
 
 def decode_response(tokenizer, tokens: Sequence[int]) -> tuple[str, int]:
@@ -175,22 +204,46 @@ def _decode(tokenizer, tokens: list[list[int]]) -> Samples:
         texts.append(text)
         finished.append(done)
         unknown += bad
-    return Samples(tokens, texts, np.asarray(finished, bool), np.asarray([len(t) for t in tokens]), unknown)
+    return Samples(
+        tokens, texts, np.asarray(finished, bool), np.asarray([len(t) for t in tokens]), unknown
+    )
 
 
 def _check_args(num_prompts, samples_per_prompt, max_new_tokens, temperature, batch_size):
-    for name, v, lo in (("num_prompts", num_prompts, 1), ("samples_per_prompt", samples_per_prompt, 1),
-                        ("max_new_tokens", max_new_tokens, 1), ("batch_size", batch_size, 1)):
+    for name, v, lo in (
+        ("num_prompts", num_prompts, 1),
+        ("samples_per_prompt", samples_per_prompt, 1),
+        ("max_new_tokens", max_new_tokens, 1),
+        ("batch_size", batch_size, 1),
+    ):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
             raise ValueError(f"evaluate_policy: {name} must be an int >= {lo}, got {v!r}")
     if not np.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"evaluate_policy: temperature must be a finite number >= 0, got {temperature!r}")
+        raise ValueError(
+            f"evaluate_policy: temperature must be a finite number >= 0, got {temperature!r}"
+        )
 
 
-def evaluate_policy(policy, reference, tokenizer, task, *, num_prompts: int, samples_per_prompt: int,
-                    max_new_tokens: int, temperature: float, seed: int, split: str = "test",
-                    batch_size: int = 64, num_examples: int = 4, pairs=None, max_pairs: int = 512,
-                    chat_template: bool = False, top_k=None, top_p=None) -> dict[str, Any]:
+def evaluate_policy(
+    policy,
+    reference,
+    tokenizer,
+    task,
+    *,
+    num_prompts: int,
+    samples_per_prompt: int,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    split: str = "test",
+    batch_size: int = 64,
+    num_examples: int = 4,
+    pairs=None,
+    max_pairs: int = 512,
+    chat_template: bool = False,
+    top_k=None,
+    top_p=None,
+) -> dict[str, Any]:
     """Gold reward, win rate, KL, pass@k and ranking accuracy of `policy` against `reference`.
 
     - gold_reward: mean task gold reward of the policy's samples (at `temperature`);
@@ -208,8 +261,10 @@ def evaluate_policy(policy, reference, tokenizer, task, *, num_prompts: int, sam
     """
     _check_args(num_prompts, samples_per_prompt, max_new_tokens, temperature, batch_size)
     if policy.config.vocab_size != reference.config.vocab_size:
-        raise ValueError(f"policy vocab_size={policy.config.vocab_size} != reference vocab_size="
-                         f"{reference.config.vocab_size}: they must share a tokenizer")
+        raise ValueError(
+            f"policy vocab_size={policy.config.vocab_size} != reference vocab_size="
+            f"{reference.config.vocab_size}: they must share a tokenizer"
+        )
     prompts = list(task.prompts(split, num_prompts, seed))
     if not prompts:
         raise ValueError(f"task {task.name!r} split {split!r} gave no prompts to evaluate")
@@ -218,16 +273,27 @@ def evaluate_policy(policy, reference, tokenizer, task, *, num_prompts: int, sam
     flat_prompts = [p for p in prompts for _ in range(k)]
     flat_ids = [ids for ids in prompt_ids for _ in range(k)]
     eos = tokenizer.eos_id
-    gen = dict(max_new_tokens=max_new_tokens, eos_id=eos, batch_size=batch_size, top_k=top_k, top_p=top_p)
+    gen = dict(
+        max_new_tokens=max_new_tokens, eos_id=eos, batch_size=batch_size, top_k=top_k, top_p=top_p
+    )
 
-    pol = _decode(tokenizer, generate_all(policy, flat_ids, temperature=temperature, seed=seed, **gen))
-    ref = _decode(tokenizer, generate_all(reference, flat_ids, temperature=temperature, seed=seed, **gen))
+    pol = _decode(
+        tokenizer, generate_all(policy, flat_ids, temperature=temperature, seed=seed, **gen)
+    )
+    ref = _decode(
+        tokenizer, generate_all(reference, flat_ids, temperature=temperature, seed=seed, **gen)
+    )
     pol_r = task.gold_rewards(flat_prompts, pol.texts).astype(np.float64)
     ref_r = task.gold_rewards(flat_prompts, ref.texts).astype(np.float64)
     p = len(prompts)
     results: dict[str, Any] = {
-        "task": task.name, "split": split, "num_prompts": p, "samples_per_prompt": k,
-        "max_new_tokens": max_new_tokens, "temperature": float(temperature), "seed": seed,
+        "task": task.name,
+        "split": split,
+        "num_prompts": p,
+        "samples_per_prompt": k,
+        "max_new_tokens": max_new_tokens,
+        "temperature": float(temperature),
+        "seed": seed,
     }
     results["gold_reward"], results["gold_reward_stderr"] = M.mean_stderr(pol_r)
     results["reference_gold_reward"], results["reference_gold_reward_stderr"] = M.mean_stderr(ref_r)
@@ -243,8 +309,14 @@ def evaluate_policy(policy, reference, tokenizer, task, *, num_prompts: int, sam
     if temperature == 1.0 and top_k is None and top_p is None:
         kl_tokens, kl_note = pol.tokens, "evaluation samples"
     else:
-        kl_tokens = generate_all(policy, flat_ids, temperature=1.0, seed=seed, stream=1,
-                                 **{**gen, "top_k": None, "top_p": None})
+        kl_tokens = generate_all(
+            policy,
+            flat_ids,
+            temperature=1.0,
+            seed=seed,
+            stream=1,
+            **{**gen, "top_k": None, "top_p": None},
+        )
         kl_note = "separate temperature-1 samples"
     pi_logps = policy_score(flat_ids, kl_tokens)
     ref_logps = reference_score(flat_ids, kl_tokens)
@@ -256,7 +328,9 @@ def evaluate_policy(policy, reference, tokenizer, task, *, num_prompts: int, sam
     if getattr(task, "has_verifier", False):
         ks = M.default_ks(k)
         for name, s in (("pass_at_k", pol), ("reference_pass_at_k", ref)):
-            ok = np.asarray([bool(task.verify(q, y)) for q, y in zip(flat_prompts, s.texts)]).reshape(p, k)
+            ok = np.asarray(
+                [bool(task.verify(q, y)) for q, y in zip(flat_prompts, s.texts)]
+            ).reshape(p, k)
             results[name] = {str(kk): M.mean_pass_at_k(ok, kk) for kk in ks}
     else:
         results["pass_at_k"] = results["reference_pass_at_k"] = None
@@ -265,12 +339,15 @@ def evaluate_policy(policy, reference, tokenizer, task, *, num_prompts: int, sam
     if pairs is not None:
         pairs = list(pairs)
         if not pairs:
-            raise ValueError("evaluate_policy: `pairs` is empty; pass None to rank pairs of "
-                             "reference samples")
+            raise ValueError(
+                "evaluate_policy: `pairs` is empty; pass None to rank pairs of reference samples"
+            )
         for i, pair in enumerate(pairs):
             if len(pair) != 3 or not all(isinstance(x, str) for x in pair):
-                raise ValueError(f"evaluate_policy: pair {i} must be (prompt, chosen, rejected) strings, "
-                                 f"got {pair!r}")
+                raise ValueError(
+                    f"evaluate_policy: pair {i} must be (prompt, chosen, rejected) strings, "
+                    f"got {pair!r}"
+                )
         pair_ids = encode_prompts(tokenizer, [q for q, _, _ in pairs], chat_template=chat_template)
         tail = [] if eos is None else [eos]  # responses end with EOS, as in training
 
@@ -298,7 +375,13 @@ def evaluate_policy(policy, reference, tokenizer, task, *, num_prompts: int, sam
         results["ranking_accuracy"] = None
 
     results["examples"] = [
-        {"prompt": prompts[i], "policy": pol.texts[i * k], "policy_gold_reward": float(pol_r[i * k]),
-         "reference": ref.texts[i * k], "reference_gold_reward": float(ref_r[i * k])}
-        for i in range(min(num_examples, p))]
+        {
+            "prompt": prompts[i],
+            "policy": pol.texts[i * k],
+            "policy_gold_reward": float(pol_r[i * k]),
+            "reference": ref.texts[i * k],
+            "reference_gold_reward": float(ref_r[i * k]),
+        }
+        for i in range(min(num_examples, p))
+    ]
     return results

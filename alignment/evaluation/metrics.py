@@ -3,6 +3,7 @@
 Each function checks its input and raises a ValueError naming the argument on bad shapes or
 non-finite values, so a NaN reward or log-prob never turns into a quiet number in a report.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,10 @@ def _finite(name: str, x, ndim: tuple[int, ...] = (1,)) -> np.ndarray:
         raise ValueError(f"{name} is empty: nothing to evaluate")
     bad = np.flatnonzero(~np.isfinite(arr.reshape(-1)))
     if bad.size:
-        raise ValueError(f"{name} holds {bad.size} non-finite value(s), first at flat index "
-                         f"{int(bad[0])}: {arr.reshape(-1)[bad[0]]}")
+        raise ValueError(
+            f"{name} holds {bad.size} non-finite value(s), first at flat index "
+            f"{int(bad[0])}: {arr.reshape(-1)[bad[0]]}"
+        )
     return arr
 
 
@@ -62,8 +65,9 @@ def win_rate(policy_rewards, reference_rewards) -> float:
     pol = _per_prompt("policy_rewards", policy_rewards)
     ref = _per_prompt("reference_rewards", reference_rewards)
     if pol.shape[0] != ref.shape[0]:
-        raise ValueError(f"win_rate: policy_rewards has {pol.shape[0]} prompts, reference_rewards "
-                         f"{ref.shape[0]}")
+        raise ValueError(
+            f"win_rate: policy_rewards has {pol.shape[0]} prompts, reference_rewards {ref.shape[0]}"
+        )
     diff_PxKxM = pol[:, :, None] - ref[:, None, :]
     score = (diff_PxKxM > 0) + 0.5 * (diff_PxKxM == 0)
     return float(score.mean())
@@ -94,8 +98,10 @@ def mean_pass_at_k(correct, k: int) -> float:
     """
     correct_PxN = np.asarray(correct)
     if correct_PxN.ndim != 2 or correct_PxN.size == 0:
-        raise ValueError(f"mean_pass_at_k: correct must be a non-empty [P, N] array, got shape "
-                         f"{correct_PxN.shape}")
+        raise ValueError(
+            f"mean_pass_at_k: correct must be a non-empty [P, N] array, got shape "
+            f"{correct_PxN.shape}"
+        )
     if correct_PxN.dtype != bool:
         raise TypeError(f"mean_pass_at_k: correct must be bool, got {correct_PxN.dtype}")
     n = correct_PxN.shape[1]
@@ -119,8 +125,10 @@ def ranking_accuracy(chosen_scores, rejected_scores) -> float:
     chosen = _finite("chosen_scores", chosen_scores)
     rejected = _finite("rejected_scores", rejected_scores)
     if chosen.shape != rejected.shape:
-        raise ValueError(f"ranking_accuracy: chosen_scores shape {chosen.shape} != rejected_scores "
-                         f"shape {rejected.shape}")
+        raise ValueError(
+            f"ranking_accuracy: chosen_scores shape {chosen.shape} != rejected_scores "
+            f"shape {rejected.shape}"
+        )
     return float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
 
 

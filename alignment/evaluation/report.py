@@ -1,4 +1,5 @@
 """Evaluation results as a markdown table / report and as JSON."""
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ COLUMNS = (
 def _get(result: Mapping[str, Any], key: str):
     if key.startswith("pass@"):
         table = result.get("pass_at_k")
-        return None if table is None else table.get(key[len("pass@"):])
+        return None if table is None else table.get(key[len("pass@") :])
     return result.get(key)
 
 
@@ -52,8 +53,7 @@ def markdown_table(results) -> str:
     if not rows:
         raise ValueError("markdown_table: no results")
     cols = [c for c in COLUMNS if any(_get(r, c[1]) is not None for _, r in rows)]
-    lines = ["| run | " + " | ".join(c[0] for c in cols) + " |",
-             "|---|" + "---|" * len(cols)]
+    lines = ["| run | " + " | ".join(c[0] for c in cols) + " |", "|---|" + "---|" * len(cols)]
     for name, r in rows:
         cells = [_fmt(_get(r, key), r.get(err) if err else None) for _, key, err in cols]
         lines.append(f"| {_escape(str(name))} | " + " | ".join(cells) + " |")
@@ -63,26 +63,45 @@ def markdown_table(results) -> str:
 def markdown_report(result: Mapping[str, Any], *, title: str = "Evaluation") -> str:
     """Table, settings, pass@k and example generations of one `evaluate_policy` result."""
     out = [f"# {title}\n", markdown_table(result)]
-    settings = {k: result[k] for k in ("task", "split", "num_prompts", "samples_per_prompt",
-                                       "max_new_tokens", "temperature", "seed", "kl_samples",
-                                       "ranking_pairs", "ranking_pairs_source", "policy", "reference")
-                if k in result}
+    settings = {
+        k: result[k]
+        for k in (
+            "task",
+            "split",
+            "num_prompts",
+            "samples_per_prompt",
+            "max_new_tokens",
+            "temperature",
+            "seed",
+            "kl_samples",
+            "ranking_pairs",
+            "ranking_pairs_source",
+            "policy",
+            "reference",
+        )
+        if k in result
+    }
     out.append("\n" + ", ".join(f"{k}={v}" for k, v in settings.items()) + "\n")
     if result.get("pass_at_k"):
         ks = list(result["pass_at_k"])
         out.append("\n| pass@k | " + " | ".join(ks) + " |\n|---|" + "---|" * len(ks))
         for name in ("pass_at_k", "reference_pass_at_k"):
             if result.get(name):
-                out.append(f"| {'policy' if name == 'pass_at_k' else 'reference'} | "
-                           + " | ".join(_fmt(result[name][k]) for k in ks) + " |")
+                out.append(
+                    f"| {'policy' if name == 'pass_at_k' else 'reference'} | "
+                    + " | ".join(_fmt(result[name][k]) for k in ks)
+                    + " |"
+                )
         out.append("")
     if result.get("examples"):
         out.append("\n## Examples\n")
         out.append("| prompt | policy | reward | reference | reward |\n|---|---|---|---|---|")
         for ex in result["examples"]:
-            out.append(f"| {_escape(ex['prompt'])} | {_escape(ex['policy'])} "
-                       f"| {_fmt(ex['policy_gold_reward'])} "
-                       f"| {_escape(ex['reference'])} | {_fmt(ex['reference_gold_reward'])} |")
+            out.append(
+                f"| {_escape(ex['prompt'])} | {_escape(ex['policy'])} "
+                f"| {_fmt(ex['policy_gold_reward'])} "
+                f"| {_escape(ex['reference'])} | {_fmt(ex['reference_gold_reward'])} |"
+            )
     return "\n".join(out) + "\n"
 
 

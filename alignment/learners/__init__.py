@@ -12,7 +12,16 @@ too (`pairs`, `rso`, `per_step`, `seft`); their multi-stage pipelines live in
 `experiments/pipelines/`, which register the kinds `rso`, `per_step` and `seft`.
 """
 
-from alignment.learners import offline, offline_loop, online, online_pairs, pg, reward_model, rollout, validation
+from alignment.learners import (
+    offline,
+    offline_loop,
+    online,
+    online_pairs,
+    pg,
+    reward_model,
+    rollout,
+    validation,
+)
 from alignment.learners.registry import get, kinds, register, run, validate
 
 
@@ -26,5 +35,18 @@ for _kind in validation.KINDS:
     register(_kind, offline_loop.train_offline, validate=validation.validate_config)
 register("online", train_online, validate=online.validate_online)
 
-__all__ = ["get", "kinds", "offline", "offline_loop", "online", "online_pairs", "pg", "register", "reward_model",
-           "rollout", "run", "validate", "validation"]
+__all__ = [
+    "get",
+    "kinds",
+    "offline",
+    "offline_loop",
+    "online",
+    "online_pairs",
+    "pg",
+    "register",
+    "reward_model",
+    "rollout",
+    "run",
+    "validate",
+    "validation",
+]

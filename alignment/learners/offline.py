@@ -27,8 +27,14 @@ from alignment import losses
 LogprobFn = Callable[..., jax.Array]
 REFERENCE_MODES = ("in_step", "precomputed")
 
-PREF_FIELDS = ("chosen_input_ids", "chosen_attention_mask", "chosen_loss_mask",
-               "rejected_input_ids", "rejected_attention_mask", "rejected_loss_mask")
+PREF_FIELDS = (
+    "chosen_input_ids",
+    "chosen_attention_mask",
+    "chosen_loss_mask",
+    "rejected_input_ids",
+    "rejected_attention_mask",
+    "rejected_loss_mask",
+)
 SFT_FIELDS = ("input_ids", "attention_mask", "loss_mask")
 # batch fields of precomputed reference log-probs: the loss inputs of the same names
 REFERENCE_FIELDS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -53,8 +59,10 @@ def check_supported(loss_fn: Callable, kind: str, loss_kwargs: Iterable[str] = (
     unset_knobs = spec.required - set(spec.inputs) - set(loss_kwargs)
     missing = (spec.required_inputs - PROVIDES[kind]) | unset_knobs
     if missing:
-        raise ValueError(f"loss {loss_fn.__name__!r} requires {sorted(missing)}, which the "
-                         f"offline {kind} learner does not provide")
+        raise ValueError(
+            f"loss {loss_fn.__name__!r} requires {sorted(missing)}, which the "
+            f"offline {kind} learner does not provide"
+        )
 
 
 def call_loss(loss_fn: Callable, available: Mapping[str, Any], loss_kwargs: Mapping[str, Any]):
@@ -63,25 +71,34 @@ def call_loss(loss_fn: Callable, available: Mapping[str, Any], loss_kwargs: Mapp
     spec = losses.spec(loss_fn)
     overlap = set(available) & set(loss_kwargs)
     if overlap:
-        raise ValueError(f"loss_kwargs {sorted(overlap)} collide with array inputs the learner provides")
+        raise ValueError(
+            f"loss_kwargs {sorted(overlap)} collide with array inputs the learner provides"
+        )
     names = set(spec.inputs) | set(spec.knobs)
     unknown = set(loss_kwargs) - names
     if unknown and not spec.var_kw:
-        raise ValueError(f"loss_kwargs {sorted(unknown)} are not arguments of {loss_fn.__name__}; "
-                         f"it takes {sorted(names)}")
+        raise ValueError(
+            f"loss_kwargs {sorted(unknown)} are not arguments of {loss_fn.__name__}; "
+            f"it takes {sorted(names)}"
+        )
     inputs = {k: v for k, v in available.items() if spec.var_kw or k in spec.inputs}
     missing = spec.required - set(inputs) - set(loss_kwargs)
     if missing:
-        raise ValueError(f"{loss_fn.__name__} needs {sorted(missing)}, which the offline learner does not "
-                         f"provide (it provides {sorted(available)}) and loss_kwargs does not set")
+        raise ValueError(
+            f"{loss_fn.__name__} needs {sorted(missing)}, which the offline learner does not "
+            f"provide (it provides {sorted(available)}) and loss_kwargs does not set"
+        )
     return loss_fn(**inputs, **loss_kwargs)
 
 
 def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, jax.Array]:
     """Per-example metric arrays become batch means; per-example `losses` (which duplicate
     `loss`) and per-token arrays (whose plain mean would count padding) are left out."""
-    return {k: jnp.mean(jnp.asarray(v, jnp.float32)) for k, v in metrics.items()
-            if k != "losses" and not k.startswith("per_token")}
+    return {
+        k: jnp.mean(jnp.asarray(v, jnp.float32))
+        for k, v in metrics.items()
+        if k != "losses" and not k.startswith("per_token")
+    }
 
 
 def _require(batch: Mapping[str, Any], fields, what: str) -> None:
@@ -90,8 +107,15 @@ def _require(batch: Mapping[str, Any], fields, what: str) -> None:
         raise KeyError(f"{what} batch is missing {missing}; it has {sorted(batch)}")
 
 
-def sft_loss(logprob_fn: LogprobFn, params, batch: Mapping[str, jax.Array], *, loss_fn: Callable,
-             loss_kwargs: Mapping[str, Any], ref_params=None):
+def sft_loss(
+    logprob_fn: LogprobFn,
+    params,
+    batch: Mapping[str, jax.Array],
+    *,
+    loss_fn: Callable,
+    loss_kwargs: Mapping[str, Any],
+    ref_params=None,
+):
     """A supervised loss on demonstrations, packing-aware through segment ids and positions.
 
     The weight is the response-token count for `aggregation="token_mean"` (so accumulation is
@@ -108,9 +132,16 @@ def sft_loss(logprob_fn: LogprobFn, params, batch: Mapping[str, jax.Array], *, l
         available["segment_ids"] = kw["segment_ids"]
     if needs_reference(loss_fn):
         if ref_params is None:
-            raise ValueError(f"{loss_fn.__name__} needs reference log-probs: run it with reference.mode='in_step'")
-        available["ref_logps"] = logprob_fn(jax.lax.stop_gradient(ref_params), batch["input_ids"],
-                                            batch["attention_mask"], mask_BxT, **kw)
+            raise ValueError(
+                f"{loss_fn.__name__} needs reference log-probs: run it with reference.mode='in_step'"
+            )
+        available["ref_logps"] = logprob_fn(
+            jax.lax.stop_gradient(ref_params),
+            batch["input_ids"],
+            batch["attention_mask"],
+            mask_BxT,
+            **kw,
+        )
     loss, metrics = call_loss(loss_fn, available, loss_kwargs)
     num_tokens = jnp.sum(mask_f)
     token_mean = loss_kwargs.get("aggregation", "token_mean") == "token_mean"
@@ -144,9 +175,17 @@ def reference_logps(logprob_fn: LogprobFn, ref_params, batch: Mapping[str, jax.A
     return chosen, rejected
 
 
-def preference_loss(logprob_fn: LogprobFn, params, batch: Mapping[str, jax.Array], *, loss_fn: Callable,
-                    loss_kwargs: Mapping[str, Any], reference_mode: str, ref_params=None,
-                    token_level: bool = False):
+def preference_loss(
+    logprob_fn: LogprobFn,
+    params,
+    batch: Mapping[str, jax.Array],
+    *,
+    loss_fn: Callable,
+    loss_kwargs: Mapping[str, Any],
+    reference_mode: str,
+    ref_params=None,
+    token_level: bool = False,
+):
     """Any registered preference loss on a batch of pairs; see the module docstring.
 
     `token_level=True` (the `token_preference` family) passes per-token `[B, T]` log-probs
@@ -161,19 +200,25 @@ def preference_loss(logprob_fn: LogprobFn, params, batch: Mapping[str, jax.Array
     available = {
         "policy_chosen_logps": pc_BxT if token_level else pc,
         "policy_rejected_logps": pr_BxT if token_level else pr,
-        "chosen_lengths": jnp.sum(chosen_mask, -1), "rejected_lengths": jnp.sum(rejected_mask, -1),
-        "chosen_mask": chosen_mask, "rejected_mask": rejected_mask,
+        "chosen_lengths": jnp.sum(chosen_mask, -1),
+        "rejected_lengths": jnp.sum(rejected_mask, -1),
+        "chosen_mask": chosen_mask,
+        "rejected_mask": rejected_mask,
     }
     if needs_reference(loss_fn):
         if reference_mode == "in_step":
             if ref_params is None:
                 raise ValueError("reference.mode='in_step' needs ref_params in the train state")
-            rc, rr, rc_BxT, rr_BxT = pair_logps(logprob_fn, jax.lax.stop_gradient(ref_params), batch)
+            rc, rr, rc_BxT, rr_BxT = pair_logps(
+                logprob_fn, jax.lax.stop_gradient(ref_params), batch
+            )
             if token_level:
                 rc, rr = rc_BxT, rr_BxT
         elif token_level:
-            raise ValueError("token-level preference losses need per-token reference log-probs: "
-                             "use reference.mode='in_step'")
+            raise ValueError(
+                "token-level preference losses need per-token reference log-probs: "
+                "use reference.mode='in_step'"
+            )
         else:
             _require(batch, REFERENCE_FIELDS, "preference (reference.mode='precomputed')")
             rc = batch["ref_chosen_logps"].astype(jnp.float32)
@@ -187,6 +232,12 @@ def preference_loss(logprob_fn: LogprobFn, params, batch: Mapping[str, jax.Array
     if "ref_chosen_logps" in available and not token_level:
         # mean sequence log pi/ref over the batch's responses: KL(pi || ref) when they are drawn
         # from pi, a cheap drift gauge for offline pairs (exact sampled KL: evaluate_policy)
-        out.setdefault("kl", 0.5 * (jnp.mean(pc - available["ref_chosen_logps"])
-                                    + jnp.mean(pr - available["ref_rejected_logps"])))
+        out.setdefault(
+            "kl",
+            0.5
+            * (
+                jnp.mean(pc - available["ref_chosen_logps"])
+                + jnp.mean(pr - available["ref_rejected_logps"])
+            ),
+        )
     return loss, jnp.asarray(pc.shape[0], jnp.float32), out

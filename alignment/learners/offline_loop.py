@@ -39,15 +39,27 @@ def make_loss_fn(config, logprob_fn, *, score_fn=None) -> LossFn:
     kwargs = config.loss_kwargs.to_dict()
     if config.kind == "reward_model":
         if score_fn is None:
-            raise ValueError("kind='reward_model' needs score_fn (alignment.models.make_score_fn(graphdef))")
-        return lambda p, ref, b: reward_model.reward_model_loss(score_fn, p, b, loss_fn=loss, loss_kwargs=kwargs)
+            raise ValueError(
+                "kind='reward_model' needs score_fn (alignment.models.make_score_fn(graphdef))"
+            )
+        return lambda p, ref, b: reward_model.reward_model_loss(
+            score_fn, p, b, loss_fn=loss, loss_kwargs=kwargs
+        )
     if config.kind == "sft":
-        return lambda p, ref, b: offline.sft_loss(logprob_fn, p, b, loss_fn=loss, loss_kwargs=kwargs,
-                                                  ref_params=ref)
+        return lambda p, ref, b: offline.sft_loss(
+            logprob_fn, p, b, loss_fn=loss, loss_kwargs=kwargs, ref_params=ref
+        )
     token_level = losses.available()[config.loss] == "token_preference"
     return lambda p, ref, b: offline.preference_loss(
-        logprob_fn, p, b, loss_fn=loss, loss_kwargs=kwargs, reference_mode=config.reference.mode,
-        ref_params=ref, token_level=token_level)
+        logprob_fn,
+        p,
+        b,
+        loss_fn=loss,
+        loss_kwargs=kwargs,
+        reference_mode=config.reference.mode,
+        ref_params=ref,
+        token_level=token_level,
+    )
 
 
 class ReferenceCache:
@@ -62,8 +74,10 @@ class ReferenceCache:
     @staticmethod
     def _keys(batch_np):
         fields = offline.PREF_FIELDS
-        return [b"".join(np.ascontiguousarray(batch_np[f][i]).tobytes() for f in fields)
-                for i in range(len(batch_np[fields[0]]))]
+        return [
+            b"".join(np.ascontiguousarray(batch_np[f][i]).tobytes() for f in fields)
+            for i in range(len(batch_np[fields[0]]))
+        ]
 
     def __call__(self, batch_np, batch, shardings):
         if all(f in batch_np for f in offline.REFERENCE_FIELDS):
@@ -74,7 +88,9 @@ class ReferenceCache:
             rc = np.asarray([self.table[k][0] for k in keys], np.float32)
             rr = np.asarray([self.table[k][1] for k in keys], np.float32)
             extra = {chosen_field: rc, rejected_field: rr}
-            mesh = next(iter(shardings.values())).mesh  # `shardings` has no entry for the new fields
+            mesh = next(
+                iter(shardings.values())
+            ).mesh  # `shardings` has no entry for the new fields
             extra = engine.to_global(extra, engine.batch_shardings_for(extra, mesh))
         else:
             rc, rr = self.ref_fn(self.ref_params, {k: batch[k] for k in offline.PREF_FIELDS})
@@ -91,12 +107,23 @@ def load_eval_batches(config, tokenizer, mesh, process_index: int, process_count
     (a size the step is known to fit), fixed for the whole run so evaluations are comparable.
     `prepare(batch_np) -> (global batch, shardings)` places them like train batches."""
     size = config.global_batch_size // config.grad_accum_steps
-    iterator = data_lib.make_iterator(config.data, tokenizer, kind=config.data.kind, split="eval",
-                                      global_batch_size=size, seed=config.data.seed,
-                                      process_index=process_index, process_count=process_count)
+    iterator = data_lib.make_iterator(
+        config.data,
+        tokenizer,
+        kind=config.data.kind,
+        split="eval",
+        global_batch_size=size,
+        seed=config.data.seed,
+        process_index=process_index,
+        process_count=process_count,
+    )
     if config.eval_batches * size > iterator.num_examples:
-        log.warning("eval: %d batches of %d rows exceed the %d held-out examples; some are counted twice",
-                    config.eval_batches, size, iterator.num_examples)
+        log.warning(
+            "eval: %d batches of %d rows exceed the %d held-out examples; some are counted twice",
+            config.eval_batches,
+            size,
+            iterator.num_examples,
+        )
     return [prepare(next(iterator)) for _ in range(config.eval_batches)]
 
 
@@ -114,14 +141,20 @@ def _loop(ctx: engine.RunContext, config, extra_metrics) -> Any:
     pi, pc = ctx.process_index, ctx.process_count
     check_mesh_batch(config, mesh)
     if config.data.max_len > ctx.model_config.max_seq_len:
-        raise ValueError(f"data.max_len={config.data.max_len} exceeds the model's "
-                         f"max_seq_len={ctx.model_config.max_seq_len}")
+        raise ValueError(
+            f"data.max_len={config.data.max_len} exceeds the model's "
+            f"max_seq_len={ctx.model_config.max_seq_len}"
+        )
     ctx.write_record()
     schedule = optim.make_schedule(config.optim, config.num_train_steps)
     tx = optim.make_optimizer(config.optim, ctx.params, config.num_train_steps)
     uses_ref = offline.needs_reference(losses.get(config.loss))
-    state, st_shardings = ctx.create_state(tx, with_reference=uses_ref and config.reference.mode == "in_step")
-    logprob_fn = engine.make_logprob_fn(ctx.graphdef, config.model.logprob_chunk_size, config.model.logprob_remat)
+    state, st_shardings = ctx.create_state(
+        tx, with_reference=uses_ref and config.reference.mode == "in_step"
+    )
+    logprob_fn = engine.make_logprob_fn(
+        ctx.graphdef, config.model.logprob_chunk_size, config.model.logprob_remat
+    )
     ref_cache = None
     if config.kind == "preference" and config.reference.mode == "precomputed" and uses_ref:
         ref_fn = jax.jit(functools.partial(offline.reference_logps, logprob_fn))
@@ -136,9 +169,16 @@ def _loop(ctx: engine.RunContext, config, extra_metrics) -> Any:
             b_shardings = engine.batch_shardings_for(batch, mesh)
         return batch, b_shardings
 
-    iterator = data_lib.make_iterator(config.data, tokenizer, kind=config.data.kind, split="train",
-                                      global_batch_size=config.global_batch_size, seed=config.data.seed,
-                                      process_index=pi, process_count=pc)
+    iterator = data_lib.make_iterator(
+        config.data,
+        tokenizer,
+        kind=config.data.kind,
+        split="train",
+        global_batch_size=config.global_batch_size,
+        seed=config.data.seed,
+        process_index=pi,
+        process_count=pc,
+    )
     state, data_state = ctx.restore(state, st_shardings)
     if data_state is not None:
         iterator.set_state(data_state)
@@ -156,10 +196,18 @@ def _loop(ctx: engine.RunContext, config, extra_metrics) -> Any:
         data_state = iterator.get_state()
         batch, b_shardings = prepare(batch_np)
         if train_step is None:
-            train_step = engine.make_train_step(loss_fn, tx, state_shardings=st_shardings,
-                                                batch_shardings=b_shardings, mesh=mesh,
-                                                grad_accum_steps=config.grad_accum_steps, schedule=schedule)
-        tokens = float(sum(np.sum(batch_np[k]) for k in batch_np if k.endswith("attention_mask"))) * pc
+            train_step = engine.make_train_step(
+                loss_fn,
+                tx,
+                state_shardings=st_shardings,
+                batch_shardings=b_shardings,
+                mesh=mesh,
+                grad_accum_steps=config.grad_accum_steps,
+                schedule=schedule,
+            )
+        tokens = (
+            float(sum(np.sum(batch_np[k]) for k in batch_np if k.endswith("attention_mask"))) * pc
+        )
         state, m_dev = train_step(state, batch)
         metrics.flush()  # the previous step's metrics: one step late
         m_eval = {}
@@ -168,8 +216,12 @@ def _loop(ctx: engine.RunContext, config, extra_metrics) -> Any:
             t0 = time.perf_counter()
             if eval_step is None:
                 eval_batches = load_eval_batches(config, tokenizer, mesh, pi, pc, prepare)
-                eval_step = engine.make_eval_step(loss_fn, state_shardings=st_shardings,
-                                                  batch_shardings=eval_batches[0][1], mesh=mesh)
+                eval_step = engine.make_eval_step(
+                    loss_fn,
+                    state_shardings=st_shardings,
+                    batch_shardings=eval_batches[0][1],
+                    mesh=mesh,
+                )
             m_eval = engine.evaluate(eval_step, state, [b for b, _ in eval_batches])
             m_eval["eval_time_s"] = time.perf_counter() - t0
             metrics.pause(m_eval["eval_time_s"])  # evaluation is not step time
@@ -180,4 +232,3 @@ def _loop(ctx: engine.RunContext, config, extra_metrics) -> Any:
     ctx.checkpointer.wait()
     ctx.export(state.params)
     return state
-

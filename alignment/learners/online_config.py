@@ -1,7 +1,7 @@
 """Defaults shared by the online learners' configs (policy-gradient and pairwise online loops).
 
-    from alignment.learners.online_config import online_config
-    c = online_config("grpo", {"tiny": True, "task": "sorting"}, "grpo")
+from alignment.learners.online_config import online_config
+c = online_config("grpo", {"tiny": True, "task": "sorting"}, "grpo")
 """
 
 from __future__ import annotations
@@ -33,46 +33,52 @@ def online_config(algorithm: str, args: dict, loss: str) -> ml_collections.Confi
     c.optim.learning_rate = 1e-4 if tiny else 1e-6
     c.optim.warmup_steps = 0 if tiny else 10
     c.optim.schedule = "constant"
-    c.online = ml_collections.ConfigDict({
-        "algorithm": algorithm,
-        "task": c.task,
-        # knobs of the task (alignment.tasks.get_task(task, **task_kwargs))
-        "task_kwargs": dict(TINY_TASKS[c.task]) if tiny else {},
-        "prompt_pool": 512 if tiny else 8192,  # distinct train prompts walked in a seeded order
-        "num_prompts": 4 if tiny else 32,  # prompts per step
-        "group_size": 4,  # samples per prompt (contiguous groups)
-        "max_prompt_len": 16 if tiny else 128,  # prompts are left-padded to this; longer ones fail
-        "max_new_tokens": 12 if tiny else 256,
-        "temperature": 1.0,
-        "top_k": 0,  # 0 = off
-        "top_p": 1.0,  # 1.0 = off
-        "ppo_epochs": 2,  # passes over each rollout batch
-        "num_minibatches": 2,  # updates per pass
-        "advantage": "gae",  # group | group_mean | rloo | gae
-        "kl_coef": 0.05,  # KL(pi_old || ref) per token subtracted from the reward (PPO, RLOO)
-        "gamma": 1.0,
-        "lam": 0.95,
-        "whiten_advantages": True,
-        "value_trunk_grad": False,  # value loss reaches the policy trunk (False: head on detached features)
-        "label": "reward",  # preference learners: label pairs by reward | implicit (beta*log pi/ref)
-        "implicit_beta": 0.1,
-        # preference learners: alignment.learners.pairs strategy inside each group, fixed pair slots
-        # per group (a slot without a pair, e.g. an all-tie group, gets weight 0), minimum reward gap
-        "pairing": "best_vs_worst",
-        "pairs_per_group": 1,
-        "pair_margin": 0.0,
-        # preference learners: this fraction of each step's prompts brings a dataset pair (the task's
-        # gold-labelled pairs) instead of samples; labels kept ("dataset") or SAIL-DP's relabelling
-        # by the policy's implicit reward ("implicit")
-        "offline_fraction": 0.0,
-        "offline_label": "dataset",
-        # Self-Rewarding PPO: log pi_sft - log pi_base summed over the response ("sum", the paper)
-        # or divided by its length ("token_mean")
-        "log_ratio_reward": "sum",
-    })
+    c.online = ml_collections.ConfigDict(
+        {
+            "algorithm": algorithm,
+            "task": c.task,
+            # knobs of the task (alignment.tasks.get_task(task, **task_kwargs))
+            "task_kwargs": dict(TINY_TASKS[c.task]) if tiny else {},
+            "prompt_pool": 512 if tiny else 8192,  # distinct train prompts walked in a seeded order
+            "num_prompts": 4 if tiny else 32,  # prompts per step
+            "group_size": 4,  # samples per prompt (contiguous groups)
+            "max_prompt_len": 16
+            if tiny
+            else 128,  # prompts are left-padded to this; longer ones fail
+            "max_new_tokens": 12 if tiny else 256,
+            "temperature": 1.0,
+            "top_k": 0,  # 0 = off
+            "top_p": 1.0,  # 1.0 = off
+            "ppo_epochs": 2,  # passes over each rollout batch
+            "num_minibatches": 2,  # updates per pass
+            "advantage": "gae",  # group | group_mean | rloo | gae
+            "kl_coef": 0.05,  # KL(pi_old || ref) per token subtracted from the reward (PPO, RLOO)
+            "gamma": 1.0,
+            "lam": 0.95,
+            "whiten_advantages": True,
+            "value_trunk_grad": False,  # value loss reaches the policy trunk (False: head on detached features)
+            "label": "reward",  # preference learners: label pairs by reward | implicit (beta*log pi/ref)
+            "implicit_beta": 0.1,
+            # preference learners: alignment.learners.pairs strategy inside each group, fixed pair slots
+            # per group (a slot without a pair, e.g. an all-tie group, gets weight 0), minimum reward gap
+            "pairing": "best_vs_worst",
+            "pairs_per_group": 1,
+            "pair_margin": 0.0,
+            # preference learners: this fraction of each step's prompts brings a dataset pair (the task's
+            # gold-labelled pairs) instead of samples; labels kept ("dataset") or SAIL-DP's relabelling
+            # by the policy's implicit reward ("implicit")
+            "offline_fraction": 0.0,
+            "offline_label": "dataset",
+            # Self-Rewarding PPO: log pi_sft - log pi_base summed over the response ("sum", the paper)
+            # or divided by its length ("token_mean")
+            "log_ratio_reward": "sum",
+        }
+    )
     c.reward = rewards.default_reward_config()  # kind: task | verifier | reward_model | log_ratio
     c.reward.task = c.task
-    c.global_batch_size = c.online.num_prompts * c.online.group_size  # informative: samples per step
+    c.global_batch_size = (
+        c.online.num_prompts * c.online.group_size
+    )  # informative: samples per step
     c.model.logprob_chunk_size = 32 if tiny else 512
     if tiny:
         c.model.preset = "tiny"

@@ -25,14 +25,23 @@ from alignment.learners import pairs as pairs_lib
 log = logging.getLogger(__name__)
 
 
-def pair_slots(scores: np.ndarray, group_size: int, *, strategy: str, pairs_per_group: int, seed,
-               margin: float = 0.0):
+def pair_slots(
+    scores: np.ndarray,
+    group_size: int,
+    *,
+    strategy: str,
+    pairs_per_group: int,
+    seed,
+    margin: float = 0.0,
+):
     """(chosen rows [G*S], rejected rows [G*S], weight [G*S], stats) of `pairs.make_pairs` over
     `scores` [G*K] in groups of `group_size` contiguous samples, S = `pairs_per_group` fixed slots per group so the
     batch keeps its shape. Ties never become pairs: a slot left without a pair holds the group's
     first sample against itself with weight 0 (no gradient at all, counted in `stats`)."""
     g = np.asarray(scores, np.float64).reshape(-1, group_size)
-    p = pairs_lib.make_pairs(g, strategy=strategy, seed=seed, margin=margin, max_pairs_per_group=pairs_per_group)
+    p = pairs_lib.make_pairs(
+        g, strategy=strategy, seed=seed, margin=margin, max_pairs_per_group=pairs_per_group
+    )
     n_groups = g.shape[0]
     first = np.repeat(np.arange(n_groups) * group_size, pairs_per_group)
     chosen, rejected = first.copy(), first.copy()
@@ -69,25 +78,45 @@ def weighted_pair_loss(logprob_fn, params, batch, *, loss_fn, loss_kwargs):
     rm = batch["rejected_loss_mask"].astype(jnp.float32)
     rc = batch["ref_chosen_logps"].astype(jnp.float32)
     rr = batch["ref_rejected_logps"].astype(jnp.float32)
-    available = dict(policy_chosen_logps=pc, policy_rejected_logps=pr, ref_chosen_logps=rc,
-                     ref_rejected_logps=rr, chosen_lengths=jnp.sum(cm, -1), rejected_lengths=jnp.sum(rm, -1),
-                     chosen_mask=cm, rejected_mask=rm)
+    available = dict(
+        policy_chosen_logps=pc,
+        policy_rejected_logps=pr,
+        ref_chosen_logps=rc,
+        ref_rejected_logps=rr,
+        chosen_lengths=jnp.sum(cm, -1),
+        rejected_lengths=jnp.sum(rm, -1),
+        chosen_mask=cm,
+        rejected_mask=rm,
+    )
     _, metrics = offline.call_loss(loss_fn, available, loss_kwargs)
     if "losses" not in metrics:
-        raise ValueError(f"online preference learner: loss {loss_fn.__name__!r} does not report per-pair "
-                         "`losses`, needed to give pair slots without a pair zero weight")
+        raise ValueError(
+            f"online preference learner: loss {loss_fn.__name__!r} does not report per-pair "
+            "`losses`, needed to give pair slots without a pair zero weight"
+        )
     n = jnp.maximum(jnp.sum(w_B), 1.0)
     mean = lambda x: jnp.sum(w_B * jnp.asarray(x, jnp.float32)) / n  # noqa: E731
-    out = {k: mean(v) for k, v in metrics.items()
-           if k != "losses" and not k.startswith("per_token") and jnp.ndim(v) == 1 and v.shape[0] == w_B.shape[0]}
+    out = {
+        k: mean(v)
+        for k, v in metrics.items()
+        if k != "losses"
+        and not k.startswith("per_token")
+        and jnp.ndim(v) == 1
+        and v.shape[0] == w_B.shape[0]
+    }
     if "chosen_rewards" in metrics:
         out["reward_accuracy"] = mean(metrics["chosen_rewards"] > metrics["rejected_rewards"])
-    out.update(ranking_accuracy=mean(pc >= pr), logps_chosen=mean(pc), logps_rejected=mean(pr),
-               policy_kl=0.5 * (mean(pc - rc) + mean(pr - rr)))
+    out.update(
+        ranking_accuracy=mean(pc >= pr),
+        logps_chosen=mean(pc),
+        logps_rejected=mean(pr),
+        policy_kl=0.5 * (mean(pc - rc) + mean(pr - rr)),
+    )
     return mean(metrics["losses"]), n, out
 
 
 # ----------------------------------------------------------------------------- dataset pairs
+
 
 def dataset_pairs(task, n: int, seed: int) -> tuple[list[tuple[str, str, str]], int]:
     """(pairs, skipped): gold-labelled (prompt, chosen, rejected) for `n` train prompts of the
@@ -106,17 +135,21 @@ def dataset_pairs(task, n: int, seed: int) -> tuple[list[tuple[str, str, str]], 
             continue
         out.append((prompt, a, b) if ga > gb else (prompt, b, a))
     if not out:
-        raise ValueError(f"online.offline_fraction > 0: task {task.name!r} gave no dataset pair with different "
-                         f"gold scores for {n} train prompts")
+        raise ValueError(
+            f"online.offline_fraction > 0: task {task.name!r} gave no dataset pair with different "
+            f"gold scores for {n} train prompts"
+        )
     return out, skipped
 
 
-def encode_dataset_pairs(tokenizer, rows, *, chat_template: bool, max_prompt_len: int, max_new_tokens: int,
-                         pad: int) -> dict[str, np.ndarray]:
+def encode_dataset_pairs(
+    tokenizer, rows, *, chat_template: bool, max_prompt_len: int, max_new_tokens: int, pad: int
+) -> dict[str, np.ndarray]:
     """`{chosen,rejected}_{input_ids,attention_mask,loss_mask}` [n, P + N] in the rollout layout
     (left-padded prompt, response + EOS as the sampler would have ended it)."""
-    p_ids, p_mask, _ = rollout.encode_prompt_batch(tokenizer, [r[0] for r in rows], chat_template=chat_template,
-                                                   max_prompt_len=max_prompt_len)
+    p_ids, p_mask, _ = rollout.encode_prompt_batch(
+        tokenizer, [r[0] for r in rows], chat_template=chat_template, max_prompt_len=max_prompt_len
+    )
     out = {}
     for side, col in (("chosen", 1), ("rejected", 2)):
         toks = np.full((len(rows), max_new_tokens), pad, np.int32)
@@ -124,9 +157,11 @@ def encode_dataset_pairs(tokenizer, rows, *, chat_template: bool, max_prompt_len
         for i, r in enumerate(rows):
             ids = list(tokenizer.encode(r[col], add_special_tokens=False)) + [tokenizer.eos_id]
             if len(ids) > max_new_tokens:
-                raise ValueError(f"online dataset pair {i}: the {side} response {r[col]!r} to {r[0]!r} has {len(ids)} "
-                                 f"tokens with EOS > online.max_new_tokens={max_new_tokens}; raise it")
-            toks[i, :len(ids)], lens[i] = ids, len(ids)
+                raise ValueError(
+                    f"online dataset pair {i}: the {side} response {r[col]!r} to {r[0]!r} has {len(ids)} "
+                    f"tokens with EOS > online.max_new_tokens={max_new_tokens}; raise it"
+                )
+            toks[i, : len(ids)], lens[i] = ids, len(ids)
         b = rollout.assemble(p_ids, p_mask, toks, np.zeros(toks.shape, np.float32), lens, pad)
         for k in ("input_ids", "attention_mask", "loss_mask"):
             out[f"{side}_{k}"] = b[k]
@@ -140,8 +175,10 @@ def dataset_step(ds, rows, o, *, forward, params, ref_params, mesh) -> dict:
     the start where pi == ref)."""
     rows = np.asarray(rows)
     n = len(rows)
-    both = {k: np.concatenate([ds[f"chosen_{k}"][rows], ds[f"rejected_{k}"][rows]])
-            for k in ("input_ids", "attention_mask", "loss_mask")}
+    both = {
+        k: np.concatenate([ds[f"chosen_{k}"][rows], ds[f"rejected_{k}"][rows]])
+        for k in ("input_ids", "attention_mask", "loss_mask")
+    }
     dev = engine.to_global(both, engine.batch_shardings_for(both, mesh))
     args = (dev["input_ids"], dev["attention_mask"], dev["loss_mask"])
     ref_seq = rollout.sequence_sums(np.asarray(forward(ref_params, *args)), both["loss_mask"])
@@ -159,20 +196,29 @@ def dataset_step(ds, rows, o, *, forward, params, ref_params, mesh) -> dict:
         for k in ("input_ids", "attention_mask", "loss_mask"):
             out[f"{side}_{k}"] = both[k][idx]
         out[f"ref_{side}_logps"] = ref_seq[idx]
-    out["metrics"] = {"offline_pairs": float(weight.sum()), "offline_pair_ties": float(n - weight.sum()),
-                      "offline_flipped_fraction": float(swap.mean())}
+    out["metrics"] = {
+        "offline_pairs": float(weight.sum()),
+        "offline_pair_ties": float(n - weight.sum()),
+        "offline_flipped_fraction": float(swap.mean()),
+    }
     return out
 
 
 # ----------------------------------------------------------------------------- the loop
+
 
 def train_pairs(config, workdir: str):
     """Runs (or resumes) a pairwise online config (`online.algorithm` online_dpo or sail) in
     `workdir`; returns the final train state."""
     o = config.online
     n_off, n_on, n_pairs = online.preference_rows(o)
-    run = online.open_online(config, workdir, rows_per_step=n_on * o.group_size,
-                             rows_per_minibatch=n_pairs // o.num_minibatches, extra_rows=2 * n_off)
+    run = online.open_online(
+        config,
+        workdir,
+        rows_per_step=n_on * o.group_size,
+        rows_per_minibatch=n_pairs // o.num_minibatches,
+        extra_rows=2 * n_off,
+    )
     with run.ctx as ctx:
         tx, schedule = online.make_optimizer(config, ctx.params)
         state, st_shardings = ctx.create_state(tx)
@@ -187,14 +233,34 @@ def train_pairs(config, workdir: str):
         if n_off:
             # a disjoint seed: dataset pairs need not share prompts with the sampled ones
             ds_rows, ds_skipped = dataset_pairs(run.task, o.prompt_pool, config.seed + 7919)
-            ds = encode_dataset_pairs(ctx.tokenizer, ds_rows, chat_template=config.data.chat_template,
-                                      max_prompt_len=o.max_prompt_len, max_new_tokens=o.max_new_tokens, pad=run.pad)
-            log.info("online: %d dataset pairs (%d prompts skipped: tied gold scores), %d per step, labels: %s",
-                     len(ds_rows), ds_skipped, n_off, o.offline_label)
-        offline_stream = online.PromptStream(range(len(ds_rows)) if n_off else [], config.seed + 1,
-                                              int(data_state.get("offline_cursor", 0)))
-        make_step = functools.partial(engine.make_train_step, loss_fn, tx, state_shardings=st_shardings,
-                                      mesh=ctx.mesh, schedule=schedule)
+            ds = encode_dataset_pairs(
+                ctx.tokenizer,
+                ds_rows,
+                chat_template=config.data.chat_template,
+                max_prompt_len=o.max_prompt_len,
+                max_new_tokens=o.max_new_tokens,
+                pad=run.pad,
+            )
+            log.info(
+                "online: %d dataset pairs (%d prompts skipped: tied gold scores), %d per step, labels: %s",
+                len(ds_rows),
+                ds_skipped,
+                n_off,
+                o.offline_label,
+            )
+        offline_stream = online.PromptStream(
+            range(len(ds_rows)) if n_off else [],
+            config.seed + 1,
+            int(data_state.get("offline_cursor", 0)),
+        )
+        make_step = functools.partial(
+            engine.make_train_step,
+            loss_fn,
+            tx,
+            state_shardings=st_shardings,
+            mesh=ctx.mesh,
+            schedule=schedule,
+        )
         train_step = None
         for step_no in range(start + 1, config.num_train_steps + 1):
             prompts = [p for p in prompts_stream.next(n_on) for _ in range(o.group_size)]
@@ -202,31 +268,63 @@ def train_pairs(config, workdir: str):
             if o.label == "reward":
                 scores = r.train_reward
             else:  # the same forward as the reference, so pi == ref gives exact ties, not float noise
-                pol = np.asarray(run.forward(state.params, r.dev["input_ids"], r.dev["attention_mask"],
-                                             r.dev["loss_mask"]))
+                pol = np.asarray(
+                    run.forward(
+                        state.params,
+                        r.dev["input_ids"],
+                        r.dev["attention_mask"],
+                        r.dev["loss_mask"],
+                    )
+                )
                 scores = o.implicit_beta * (rollout.sequence_sums(pol, r.mask) - r.seq_ref)
-            chosen, rejected, weight, stats = pair_slots(scores, o.group_size, strategy=o.pairing,
-                                                         pairs_per_group=o.pairs_per_group,
-                                                         seed=[config.seed, step_no], margin=o.pair_margin)
+            chosen, rejected, weight, stats = pair_slots(
+                scores,
+                o.group_size,
+                strategy=o.pairing,
+                pairs_per_group=o.pairs_per_group,
+                seed=[config.seed, step_no],
+                margin=o.pair_margin,
+            )
             train_np = preference_batch(r.batch, r.seq_ref, chosen, rejected, weight)
-            m = dict(pairs_per_step=stats["pairs"], pair_ties=stats["pair_ties"],
-                     groups_without_pair=stats["groups_without_pair"], pair_margin=stats["pair_margin_mean"])
+            m = dict(
+                pairs_per_step=stats["pairs"],
+                pair_ties=stats["pair_ties"],
+                groups_without_pair=stats["groups_without_pair"],
+                pair_margin=stats["pair_margin_mean"],
+            )
             if n_off:
-                off = dataset_step(ds, offline_stream.next(n_off), o, forward=run.forward, params=state.params,
-                                   ref_params=run.ref_params, mesh=ctx.mesh)
+                off = dataset_step(
+                    ds,
+                    offline_stream.next(n_off),
+                    o,
+                    forward=run.forward,
+                    params=state.params,
+                    ref_params=run.ref_params,
+                    mesh=ctx.mesh,
+                )
                 m.update(off.pop("metrics"))
                 train_np = {k: np.concatenate([train_np[k], off[k]]) for k in train_np}
             # no per-token entropy in a preference step: the sample estimate -E[log pi(y_t)]
             m["entropy"] = float(-r.batch["old_logps"].sum() / max(r.mask.sum(), 1))
             state, train_step, step_ms, train_tokens, train_time = online.update(
-                run, state, train_np, step_no=step_no, train_step=train_step, make_step=make_step)
+                run, state, train_np, step_no=step_no, train_step=train_step, make_step=make_step
+            )
             m.update(online.mean_metrics(step_ms))
-            m.update(online.rollout_metrics(r, r.train_reward),
-                     train_tokens_per_s=train_tokens / max(train_time, 1e-9), train_time_s=train_time)
+            m.update(
+                online.rollout_metrics(r, r.train_reward),
+                train_tokens_per_s=train_tokens / max(train_time, 1e-9),
+                train_time_s=train_time,
+            )
             metrics.push(step_no, host=m)
             if ctx.should_save(step_no):
-                ctx.save(step_no, state, {"prompt_cursor": prompts_stream.cursor,
-                                          "offline_cursor": offline_stream.cursor})
+                ctx.save(
+                    step_no,
+                    state,
+                    {
+                        "prompt_cursor": prompts_stream.cursor,
+                        "offline_cursor": offline_stream.cursor,
+                    },
+                )
         metrics.flush()
         ctx.checkpointer.wait()
         ctx.export(state.params)

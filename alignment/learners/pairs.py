@@ -36,11 +36,12 @@ STRATEGIES = ("best_vs_worst", "random", "tournament", "all_pairs")
 @dataclasses.dataclass(frozen=True)
 class Pairs:
     """Pair p: sample (group[p], chosen[p]) beats (group[p], rejected[p]) by `margin[p]` >= 0."""
-    group: np.ndarray      # [P] int64 row of rewards
-    chosen: np.ndarray     # [P] int64 column of the preferred sample
-    rejected: np.ndarray   # [P] int64 column of the other one
-    margin: np.ndarray     # [P] float32 reward(chosen) - reward(rejected), > 0
-    num_ties: int          # candidate pairs skipped because both rewards were equal
+
+    group: np.ndarray  # [P] int64 row of rewards
+    chosen: np.ndarray  # [P] int64 column of the preferred sample
+    rejected: np.ndarray  # [P] int64 column of the other one
+    margin: np.ndarray  # [P] float32 reward(chosen) - reward(rejected), > 0
+    num_ties: int  # candidate pairs skipped because both rewards were equal
     num_below_margin: int  # candidate pairs dropped by the margin filter
     num_groups_without_pair: int
 
@@ -53,17 +54,22 @@ class Pairs:
         return self.group * k + self.chosen, self.group * k + self.rejected
 
     def stats(self) -> dict[str, float]:
-        return {"pairs": float(len(self)), "pair_ties": float(self.num_ties),
-                "pair_below_margin": float(self.num_below_margin),
-                "groups_without_pair": float(self.num_groups_without_pair),
-                "pair_margin_mean": float(self.margin.mean()) if len(self) else 0.0}
+        return {
+            "pairs": float(len(self)),
+            "pair_ties": float(self.num_ties),
+            "pair_below_margin": float(self.num_below_margin),
+            "groups_without_pair": float(self.num_groups_without_pair),
+            "pair_margin_mean": float(self.margin.mean()) if len(self) else 0.0,
+        }
 
 
 def _check(rewards, mask):
     rewards = np.asarray(rewards)
     if rewards.ndim != 2:
         raise ValueError(f"rewards must be 2-D [groups, samples], got shape {rewards.shape}")
-    if not np.issubdtype(rewards.dtype, np.number) or np.issubdtype(rewards.dtype, np.complexfloating):
+    if not np.issubdtype(rewards.dtype, np.number) or np.issubdtype(
+        rewards.dtype, np.complexfloating
+    ):
         raise ValueError(f"rewards must be real numbers, got dtype {rewards.dtype}")
     rewards = rewards.astype(np.float64)
     if mask is None:
@@ -77,13 +83,22 @@ def _check(rewards, mask):
     bad = ~np.isfinite(rewards) & mask
     if bad.any():
         g, k = np.argwhere(bad)[0]
-        raise ValueError(f"rewards[{g}, {k}] = {rewards[g, k]} is not finite "
-                         f"({int(bad.sum())} non-finite rewards in all)")
+        raise ValueError(
+            f"rewards[{g}, {k}] = {rewards[g, k]} is not finite "
+            f"({int(bad.sum())} non-finite rewards in all)"
+        )
     return rewards, mask
 
 
-def make_pairs(rewards, *, strategy: str, seed: int = 0, mask=None, margin: float = 0.0,
-               max_pairs_per_group: Optional[int] = None) -> Pairs:
+def make_pairs(
+    rewards,
+    *,
+    strategy: str,
+    seed: int = 0,
+    mask=None,
+    margin: float = 0.0,
+    max_pairs_per_group: Optional[int] = None,
+) -> Pairs:
     """Builds (chosen, rejected) pairs inside each group from its `rewards` [G, K] (`mask` [G, K]
     bool, None = all: which samples exist); see the module doc."""
     if strategy not in STRATEGIES:
@@ -144,7 +159,9 @@ def make_pairs(rewards, *, strategy: str, seed: int = 0, mask=None, margin: floa
         if strategy != "random" and max_pairs_per_group is not None and made > max_pairs_per_group:
             # tournament keeps its earliest rounds (disjoint pairs); all_pairs a random subset
             m = int(max_pairs_per_group)
-            keep = before + (np.arange(m) if strategy == "tournament" else np.sort(rng.permutation(made)[:m]))
+            keep = before + (
+                np.arange(m) if strategy == "tournament" else np.sort(rng.permutation(made)[:m])
+            )
             for lst in (out_g, out_c, out_r):
                 lst[before:] = [lst[i] for i in keep]
         empty += len(out_g) == before
@@ -153,8 +170,15 @@ def make_pairs(rewards, *, strategy: str, seed: int = 0, mask=None, margin: floa
     chosen = np.asarray(out_c, np.int64)
     rejected = np.asarray(out_r, np.int64)
     gap = (rewards[group, chosen] - rewards[group, rejected]).astype(np.float32)
-    return Pairs(group=group, chosen=chosen, rejected=rejected, margin=gap, num_ties=ties,
-                 num_below_margin=below, num_groups_without_pair=empty)
+    return Pairs(
+        group=group,
+        chosen=chosen,
+        rejected=rejected,
+        margin=gap,
+        num_ties=ties,
+        num_below_margin=below,
+        num_groups_without_pair=empty,
+    )
 
 
 def best_worst_rows(prompts, texts, scores, *, samples_per_prompt: int, min_margin: float):
@@ -163,17 +187,26 @@ def best_worst_rows(prompts, texts, scores, *, samples_per_prompt: int, min_marg
     differ. Returns (rows of prompt/chosen/rejected/chosen_reward/rejected_reward, dropped count)."""
     k = samples_per_prompt
     if len(texts) != len(prompts) * k or len(scores) != len(texts):
-        raise ValueError(f"best_worst_rows: {len(prompts)} prompts x {k} samples != {len(texts)} texts / "
-                         f"{len(scores)} scores")
+        raise ValueError(
+            f"best_worst_rows: {len(prompts)} prompts x {k} samples != {len(texts)} texts / "
+            f"{len(scores)} scores"
+        )
     rows, dropped = [], 0
     for i, prompt in enumerate(prompts):
-        r, t = np.asarray(scores[i * k:(i + 1) * k], np.float64), texts[i * k:(i + 1) * k]
+        r, t = np.asarray(scores[i * k : (i + 1) * k], np.float64), texts[i * k : (i + 1) * k]
         ok = [j for j in range(k) if t[j].strip()]
         best = max(ok, key=lambda j: r[j]) if len(ok) > 1 else None
         worst = min(ok, key=lambda j: r[j]) if len(ok) > 1 else None
         if best is None or r[best] - r[worst] < min_margin or t[best] == t[worst]:
             dropped += 1
             continue
-        rows.append({"prompt": prompt, "chosen": t[best], "rejected": t[worst],
-                     "chosen_reward": float(r[best]), "rejected_reward": float(r[worst])})
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": t[best],
+                "rejected": t[worst],
+                "chosen_reward": float(r[best]),
+                "rejected_reward": float(r[worst]),
+            }
+        )
     return rows, dropped

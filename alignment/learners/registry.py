@@ -14,11 +14,18 @@ from typing import Any, Callable
 _RUNNERS: dict[str, tuple[Callable[[Any, str], Any], Callable[[Any], None] | None]] = {}
 
 
-def register(kind: str, run_fn: Callable[[Any, str], Any], *, validate: Callable[[Any], None] | None = None,
-             overwrite: bool = False) -> None:
+def register(
+    kind: str,
+    run_fn: Callable[[Any, str], Any],
+    *,
+    validate: Callable[[Any], None] | None = None,
+    overwrite: bool = False,
+) -> None:
     """Makes `run(config, workdir)` call `run_fn(config, workdir)` for `config.kind == kind`."""
     if kind in _RUNNERS and not overwrite and _RUNNERS[kind][0] is not run_fn:
-        raise ValueError(f"learner kind {kind!r} is already registered; pass overwrite=True to replace it")
+        raise ValueError(
+            f"learner kind {kind!r} is already registered; pass overwrite=True to replace it"
+        )
     _RUNNERS[kind] = (run_fn, validate)
 
 
@@ -28,8 +35,10 @@ def kinds() -> tuple[str, ...]:
 
 def get(kind: str) -> Callable[[Any, str], Any]:
     if kind not in _RUNNERS:
-        raise ValueError(f"config.kind={kind!r} is not a registered learner; known: {list(kinds())} "
-                         "(paper pipelines register theirs on `import experiments.pipelines`)")
+        raise ValueError(
+            f"config.kind={kind!r} is not a registered learner; known: {list(kinds())} "
+            "(paper pipelines register theirs on `import experiments.pipelines`)"
+        )
     return _RUNNERS[kind][0]
 
 

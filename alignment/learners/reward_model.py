@@ -15,10 +15,15 @@ import jax
 import jax.numpy as jnp
 
 from alignment import losses
-from alignment.learners.offline import call_loss, _interleave, _require, _scalar_metrics
+from alignment.learners.offline import _interleave, _require, _scalar_metrics, call_loss
 
 ScoreFn = Callable[..., jax.Array]
-RM_FIELDS = ("chosen_input_ids", "chosen_attention_mask", "rejected_input_ids", "rejected_attention_mask")
+RM_FIELDS = (
+    "chosen_input_ids",
+    "chosen_attention_mask",
+    "rejected_input_ids",
+    "rejected_attention_mask",
+)
 # the loss inputs this learner computes (names owned by `alignment.losses.INPUTS`)
 PROVIDES = frozenset(losses.INPUTS["reward_model"])
 
@@ -30,9 +35,11 @@ def check_supported(loss_fn: Callable, loss_kwargs: Iterable[str] = ()) -> None:
     unset_knobs = spec.required - set(spec.inputs) - set(loss_kwargs)
     missing = (spec.required_inputs - PROVIDES) | unset_knobs
     if missing:
-        raise ValueError(f"loss {loss_fn.__name__!r} requires {sorted(missing)}, which the "
-                         "reward-model learner does not provide (it provides "
-                         f"{sorted(PROVIDES)})")
+        raise ValueError(
+            f"loss {loss_fn.__name__!r} requires {sorted(missing)}, which the "
+            "reward-model learner does not provide (it provides "
+            f"{sorted(PROVIDES)})"
+        )
 
 
 def pair_scores(score_fn: ScoreFn, params, batch: Mapping[str, jax.Array]):
@@ -43,8 +50,14 @@ def pair_scores(score_fn: ScoreFn, params, batch: Mapping[str, jax.Array]):
     return scores_Bx2[:, 0], scores_Bx2[:, 1]
 
 
-def reward_model_loss(score_fn: ScoreFn, params, batch: Mapping[str, jax.Array], *, loss_fn: Callable,
-                      loss_kwargs: Mapping[str, Any]):
+def reward_model_loss(
+    score_fn: ScoreFn,
+    params,
+    batch: Mapping[str, jax.Array],
+    *,
+    loss_fn: Callable,
+    loss_kwargs: Mapping[str, Any],
+):
     """`(loss, weight = number of pairs, metrics)` of a reward-model loss on a batch of pairs."""
     _require(batch, RM_FIELDS, "reward-model")
     sc, sr = pair_scores(score_fn, params, batch)

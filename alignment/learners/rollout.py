@@ -29,7 +29,9 @@ from alignment.rewards.base import RewardInputs, check_rewards
 from alignment.sampling import SamplingParams, sample_arrays
 
 
-def encode_prompt_batch(tokenizer, prompts: Sequence[str], *, chat_template: bool, max_prompt_len: int):
+def encode_prompt_batch(
+    tokenizer, prompts: Sequence[str], *, chat_template: bool, max_prompt_len: int
+):
     """(ids [N, P], mask [N, P], id lists) with prompts right-aligned in P = `max_prompt_len` columns
     (BOS + prompt, or the chat template's user turn + generation prompt, as in SFT). A prompt longer
     than P is an error naming it: cutting it would change the task the reward scores."""
@@ -39,10 +41,12 @@ def encode_prompt_batch(tokenizer, prompts: Sequence[str], *, chat_template: boo
     mask = np.zeros((len(prompts), max_prompt_len), np.int32)
     for i, p in enumerate(id_lists):
         if len(p) > max_prompt_len:
-            raise ValueError(f"online.max_prompt_len={max_prompt_len} is too short for prompt {i} "
-                             f"({len(p)} tokens): {prompts[i]!r}; raise online.max_prompt_len")
-        ids[i, max_prompt_len - len(p):] = p
-        mask[i, max_prompt_len - len(p):] = 1
+            raise ValueError(
+                f"online.max_prompt_len={max_prompt_len} is too short for prompt {i} "
+                f"({len(p)} tokens): {prompts[i]!r}; raise online.max_prompt_len"
+            )
+        ids[i, max_prompt_len - len(p) :] = p
+        mask[i, max_prompt_len - len(p) :] = 1
     return ids, mask, id_lists
 
 
@@ -50,20 +54,40 @@ TRACE_COUNT = [0]  # traces of the rollout sampler (one per shape bucket); tests
 
 
 @functools.lru_cache(maxsize=8)  # runs in one process (tests, sweeps) share the compiled program
-def make_sampler(graphdef, *, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
-                 stop_ids: tuple[int, ...], pad_id: int) -> Callable:
+def make_sampler(
+    graphdef,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    stop_ids: tuple[int, ...],
+    pad_id: int,
+) -> Callable:
     """Jitted `sampler(params, prompt_ids, prompt_mask, key) -> SampleArrays` ([B, P] prompts).
 
     `params` is the learner's own parameter pytree (no copy is made): sampling reads the buffers
     the next update will donate. Static settings are bound here, so the program is compiled once
     per (B, P) shape; the online loop keeps both fixed."""
-    sp = SamplingParams(temperature=float(temperature), top_k=top_k or None, top_p=top_p if top_p < 1.0 else None)
+    sp = SamplingParams(
+        temperature=float(temperature), top_k=top_k or None, top_p=top_p if top_p < 1.0 else None
+    )
 
     @jax.jit
     def sampler(params, prompt_ids, prompt_mask, key):
         TRACE_COUNT[0] += 1
-        return sample_arrays(graphdef, params, prompt_ids, prompt_mask, key,
-                             max_new_tokens=max_new_tokens, params=sp, stop_ids=stop_ids, pad_id=pad_id)
+        return sample_arrays(
+            graphdef,
+            params,
+            prompt_ids,
+            prompt_mask,
+            key,
+            max_new_tokens=max_new_tokens,
+            params=sp,
+            stop_ids=stop_ids,
+            pad_id=pad_id,
+        )
+
     return sampler
 
 
@@ -74,17 +98,34 @@ def make_forward(graphdef, chunk_size: int) -> Callable:
 
     @jax.jit
     def forward(params, input_ids, attention_mask, loss_mask):
-        return model_logprobs(models.merge(graphdef, params), input_ids, attention_mask, loss_mask,
-                              chunk_size=chunk_size)
+        return model_logprobs(
+            models.merge(graphdef, params),
+            input_ids,
+            attention_mask,
+            loss_mask,
+            chunk_size=chunk_size,
+        )
+
     return forward
 
 
-def assemble(prompt_ids: np.ndarray, prompt_mask: np.ndarray, tokens: np.ndarray, logprobs: np.ndarray,
-             lengths: np.ndarray, pad_id: int) -> dict[str, np.ndarray]:
+def assemble(
+    prompt_ids: np.ndarray,
+    prompt_mask: np.ndarray,
+    tokens: np.ndarray,
+    logprobs: np.ndarray,
+    lengths: np.ndarray,
+    pad_id: int,
+) -> dict[str, np.ndarray]:
     """Host arrays of the rollout batch ([B, P + N]) from prompts [B, P] and sampled `tokens`,
     `logprobs` [B, N] with `lengths` [B]; see the module docstring."""
     prompt_ids_BxP, prompt_mask_BxP, tokens_BxN, logprobs_BxN, lengths_B = (
-        prompt_ids, prompt_mask, tokens, logprobs, lengths)
+        prompt_ids,
+        prompt_mask,
+        tokens,
+        logprobs,
+        lengths,
+    )
     b, n = tokens_BxN.shape
     resp_mask_BxN = (np.arange(n)[None, :] < np.asarray(lengths_B)[:, None]).astype(np.int32)
     tokens = np.where(resp_mask_BxN == 1, tokens_BxN, pad_id).astype(np.int32)
@@ -93,8 +134,10 @@ def assemble(prompt_ids: np.ndarray, prompt_mask: np.ndarray, tokens: np.ndarray
         "input_ids": np.concatenate([prompt_ids_BxP, tokens], axis=1).astype(np.int32),
         "attention_mask": np.concatenate([prompt_mask_BxP, resp_mask_BxN], axis=1).astype(np.int32),
         "loss_mask": np.concatenate([zeros, resp_mask_BxN], axis=1).astype(np.int32),
-        "old_logps": np.concatenate([np.zeros(zeros.shape, np.float32),
-                                     np.where(resp_mask_BxN == 1, logprobs_BxN, 0.0)], axis=1).astype(np.float32),
+        "old_logps": np.concatenate(
+            [np.zeros(zeros.shape, np.float32), np.where(resp_mask_BxN == 1, logprobs_BxN, 0.0)],
+            axis=1,
+        ).astype(np.float32),
     }
 
 
@@ -102,7 +145,7 @@ def decode_responses(tokenizer, tokens: np.ndarray, lengths: np.ndarray):
     """(texts, id lists without EOS, ended-on-EOS flags) of the sampled responses ([B, N], [B])."""
     texts, ids, ended = [], [], []
     for row, length in zip(np.asarray(tokens), np.asarray(lengths)):
-        body, stopped = strip_eos(row[:int(length)], tokenizer.eos_id)
+        body, stopped = strip_eos(row[: int(length)], tokenizer.eos_id)
         ids.append(body)
         ended.append(stopped)
         texts.append(decode_response(tokenizer, body)[0])
@@ -110,6 +153,7 @@ def decode_responses(tokenizer, tokens: np.ndarray, lengths: np.ndarray):
 
 
 # ----------------------------------------------------------------------------- rewards
+
 
 def make_reward(reward_cfg, *, task, tokenizer, mesh) -> tuple[Callable, str]:
     """`(reward_fn(RewardInputs) -> float32 [N], name)` from `config.reward`, always guarded by
@@ -125,7 +169,11 @@ def make_reward(reward_cfg, *, task, tokenizer, mesh) -> tuple[Callable, str]:
         if reward_cfg.task and reward_cfg.task != task.name:
             r_task = tasks.get_task(reward_cfg.task)
         name = f"{kind}:{r_task.name}"
-        fn = programmatic.task_reward(r_task) if kind == "task" else programmatic.verifier_reward(r_task)
+        fn = (
+            programmatic.task_reward(r_task)
+            if kind == "task"
+            else programmatic.verifier_reward(r_task)
+        )
         scale = float(reward_cfg.scale)
     else:
         name = f"{kind}:{reward_cfg.path}"
@@ -133,10 +181,12 @@ def make_reward(reward_cfg, *, task, tokenizer, mesh) -> tuple[Callable, str]:
 
     def guarded(inputs: RewardInputs) -> np.ndarray:
         return check_rewards(fn(inputs), len(inputs), name) * np.float32(scale)
+
     return guarded, name
 
 
 # ----------------------------------------------------------------------------- host helpers
+
 
 def sequence_sums(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """[B] float32 sums of `x` [B, T] over the positions where `mask` [B, T] is non-zero."""
@@ -147,8 +197,10 @@ def minibatches(batch: dict[str, Any], num_minibatches: int, rng: np.random.Gene
     """Shuffled equal minibatches of a host batch (every row used once per epoch)."""
     b = len(next(iter(batch.values())))
     if b % num_minibatches:
-        raise ValueError(f"rollout batch of {b} rows does not split into online.num_minibatches="
-                         f"{num_minibatches}")
+        raise ValueError(
+            f"rollout batch of {b} rows does not split into online.num_minibatches="
+            f"{num_minibatches}"
+        )
     order = rng.permutation(b).reshape(num_minibatches, -1)
     for rows in order:
         rows = np.sort(rows)

@@ -32,12 +32,14 @@ LOSSES = ("hinge", "dpo", "sigmoid_norm")
 
 # ----------------------------------------------------------------------------- Algorithm 1
 
+
 @dataclasses.dataclass(frozen=True)
 class Accepted:
     """Result of `rejection_sample`: `index` [G, M] int, `index[g]` the candidate columns of
     group g in acceptance order; `rounds` [G] the rounds each group needed; `first_round_rate`
     the mean fraction of a group's candidates accepted in round 1 (an estimate of 1/M_x before
     the without-replacement correction)."""
+
     index: np.ndarray
     rounds: np.ndarray
     first_round_rate: float
@@ -46,8 +48,10 @@ class Accepted:
 def _check_rewards(rewards, mask, name="rewards"):
     r = np.asarray(rewards)
     if r.ndim != 2 or not np.issubdtype(r.dtype, np.number):
-        raise ValueError(f"{name} must be a 2-D numeric array [groups, candidates], got shape {r.shape} "
-                         f"dtype {r.dtype}")
+        raise ValueError(
+            f"{name} must be a 2-D numeric array [groups, candidates], got shape {r.shape} "
+            f"dtype {r.dtype}"
+        )
     r = r.astype(np.float64)
     mask = np.ones(r.shape, bool) if mask is None else np.asarray(mask, bool)
     if mask.shape != r.shape:
@@ -55,12 +59,16 @@ def _check_rewards(rewards, mask, name="rewards"):
     bad = mask & ~np.isfinite(r)
     if bad.any():
         g, n = np.argwhere(bad)[0]
-        raise ValueError(f"{name}[{g}, {n}] = {r[g, n]} is not finite (prompt {g}, candidate {n}); "
-                         f"{int(bad.sum())} non-finite reward(s) in all")
+        raise ValueError(
+            f"{name}[{g}, {n}] = {r[g, n]} is not finite (prompt {g}, candidate {n}); "
+            f"{int(bad.sum())} non-finite reward(s) in all"
+        )
     return r, mask
 
 
-def rejection_sample(rewards, *, num_accepted: int, beta: float, seed: int = 0, mask=None) -> Accepted:
+def rejection_sample(
+    rewards, *, num_accepted: int, beta: float, seed: int = 0, mask=None
+) -> Accepted:
     """Statistical rejection sampling (RSO Algorithm 1), vectorised over G prompts.
 
     `rewards` [G, N] float: the reward of each of N candidates per prompt; `mask` [G, N] bool
@@ -82,8 +90,10 @@ def rejection_sample(rewards, *, num_accepted: int, beta: float, seed: int = 0, 
     have = mask.sum(1)
     short = np.flatnonzero(have < m)
     if short.size:
-        raise ValueError(f"num_accepted={m} exceeds the {int(have[short[0]])} candidate(s) of prompt "
-                         f"{int(short[0])} ({short.size} prompt(s) have fewer than {m})")
+        raise ValueError(
+            f"num_accepted={m} exceeds the {int(have[short[0]])} candidate(s) of prompt "
+            f"{int(short[0])} ({short.size} prompt(s) have fewer than {m})"
+        )
     g_count, _ = r.shape
     rng = np.random.default_rng(seed)
     pending = mask.copy()

@@ -60,6 +60,8 @@ LABEL_FORMATS = ("full", "keep_token")
 PAIR_SOURCES = ("corruptions", "samples", "both")
 FILTERS = ("none", "changed", "oracle_not_worse")
 REVISER_INITS = ("policy", "scratch")
+
+
 def reviser_prompt(template: str, prompt: str, response: str) -> str:
     """The reviser's input: task prompt and draft response in one templated plain-text prompt."""
     return template.format(prompt=prompt, response=response)
@@ -74,20 +76,31 @@ def revision_label(draft: str, better: str, *, label_format: str, keep_marker: s
     raise ValueError(f"reviser.label_format must be one of {LABEL_FORMATS}, got {label_format!r}")
 
 
-def parse_revision(draft: str, output: str, *, label_format: str, keep_marker: str) -> tuple[str, bool]:
+def parse_revision(
+    draft: str, output: str, *, label_format: str, keep_marker: str
+) -> tuple[str, bool]:
     """(revised response, kept): the reviser's decoded `output` for `draft` read back."""
     out = output.strip()
     if label_format == "keep_token" and out == keep_marker:
         return draft, True
     if label_format not in LABEL_FORMATS:
-        raise ValueError(f"reviser.label_format must be one of {LABEL_FORMATS}, got {label_format!r}")
+        raise ValueError(
+            f"reviser.label_format must be one of {LABEL_FORMATS}, got {label_format!r}"
+        )
     return out, out == draft.strip()
 
 
 # ----------------------------------------------------------------------------- reviser data
 
-def reviser_rows(task, demos: Sequence[tuple[str, str]], samples: Optional[Sequence[Sequence[str]]], *, cfg,
-                 seed: int) -> tuple[list[dict], dict]:
+
+def reviser_rows(
+    task,
+    demos: Sequence[tuple[str, str]],
+    samples: Optional[Sequence[Sequence[str]]],
+    *,
+    cfg,
+    seed: int,
+) -> tuple[list[dict], dict]:
     """Rows {"prompt": reviser input, "completion": target} from labeled prompts.
 
     `demos[i] = (x_i, demonstration_i)`; `samples[i]` the SFT policy's samples for x_i (None when
@@ -99,19 +112,35 @@ def reviser_rows(task, demos: Sequence[tuple[str, str]], samples: Optional[Seque
     use_samples = cfg.pairs in ("samples", "both")
     use_corrupt = cfg.pairs in ("corruptions", "both") and int(cfg.corruptions_per_prompt) > 0
     if use_samples and (samples is None or len(samples) != len(demos)):
-        raise ValueError(f"reviser.pairs={cfg.pairs!r} needs the SFT policy's samples for each of the "
-                         f"{len(demos)} labeled prompts")
+        raise ValueError(
+            f"reviser.pairs={cfg.pairs!r} needs the SFT policy's samples for each of the "
+            f"{len(demos)} labeled prompts"
+        )
     if use_corrupt and not hasattr(task, "corrupt"):
-        raise ValueError(f"reviser.pairs={cfg.pairs!r}: task {task.name!r} has no corrupt(); use pairs='samples'")
+        raise ValueError(
+            f"reviser.pairs={cfg.pairs!r}: task {task.name!r} has no corrupt(); use pairs='samples'"
+        )
     rng = np.random.default_rng([int(seed), 7])
     rows = []
-    st = dict(labeled_prompts=len(demos), revise_rows_samples=0, revise_rows_corruptions=0, keep_rows=0,
-              keep_rows_good_samples=0, samples_better_than_demo=0, corruptions_failed=0)
+    st = dict(
+        labeled_prompts=len(demos),
+        revise_rows_samples=0,
+        revise_rows_corruptions=0,
+        keep_rows=0,
+        keep_rows_good_samples=0,
+        samples_better_than_demo=0,
+        corruptions_failed=0,
+    )
 
     def add(x, draft, better, kind):
-        rows.append({"prompt": reviser_prompt(cfg.template, x, draft),
-                     "completion": revision_label(draft, better, label_format=cfg.label_format,
-                                                  keep_marker=cfg.keep_marker)})
+        rows.append(
+            {
+                "prompt": reviser_prompt(cfg.template, x, draft),
+                "completion": revision_label(
+                    draft, better, label_format=cfg.label_format, keep_marker=cfg.keep_marker
+                ),
+            }
+        )
         st[kind] += 1
 
     for i, (x, demo) in enumerate(demos):
@@ -144,19 +173,39 @@ def reviser_rows(task, demos: Sequence[tuple[str, str]], samples: Optional[Seque
 
 # ----------------------------------------------------------------------------- round data
 
-def round_rows(task, prompts: Sequence[str], drafts: Sequence[str], outputs: Sequence[str],
-               finished: Sequence[bool], *, cfg, reviser_cfg) -> tuple[list[dict], dict]:
+
+def round_rows(
+    task,
+    prompts: Sequence[str],
+    drafts: Sequence[str],
+    outputs: Sequence[str],
+    finished: Sequence[bool],
+    *,
+    cfg,
+    reviser_cfg,
+) -> tuple[list[dict], dict]:
     """SFT rows {"prompt": x, "completion": y'} of one round, after `cfg.filter`; statistics count
     every drop and carry gold-reward diagnostics (the gold reward is read for reporting only,
     and for the `oracle_not_worse` filter, which is documented as leaking labels)."""
     if not len(prompts) == len(drafts) == len(outputs) == len(finished):
-        raise ValueError(f"round_rows: {len(prompts)} prompts, {len(drafts)} drafts, {len(outputs)} outputs, "
-                         f"{len(finished)} finished flags")
+        raise ValueError(
+            f"round_rows: {len(prompts)} prompts, {len(drafts)} drafts, {len(outputs)} outputs, "
+            f"{len(finished)} finished flags"
+        )
     if cfg.filter not in FILTERS:
         raise ValueError(f"seft.filter must be one of {FILTERS}, got {cfg.filter!r}")
-    revised, kept = zip(*[parse_revision(d, o, label_format=reviser_cfg.label_format,
-                                         keep_marker=reviser_cfg.keep_marker)
-                          for d, o in zip(drafts, outputs)]) if prompts else ((), ())
+    revised, kept = (
+        zip(
+            *[
+                parse_revision(
+                    d, o, label_format=reviser_cfg.label_format, keep_marker=reviser_cfg.keep_marker
+                )
+                for d, o in zip(drafts, outputs)
+            ]
+        )
+        if prompts
+        else ((), ())
+    )
     g_draft = task.gold_rewards(list(prompts), list(drafts)).astype(np.float64)
     g_rev = task.gold_rewards(list(prompts), list(revised)).astype(np.float64)
     rows = []
@@ -164,7 +213,9 @@ def round_rows(task, prompts: Sequence[str], drafts: Sequence[str], outputs: Seq
     for x, y, k, done, gd, gr in zip(prompts, revised, kept, finished, g_draft, g_rev):
         if not y.strip():
             drops["dropped_empty"] += 1
-        elif not done and not k:  # a revision cut at max_new_tokens (a kept draft needs no EOS of its own)
+        elif (
+            not done and not k
+        ):  # a revision cut at max_new_tokens (a kept draft needs no EOS of its own)
             drops["dropped_unfinished"] += 1
         elif cfg.filter == "changed" and k:
             drops["dropped_unchanged"] += 1
@@ -175,7 +226,9 @@ def round_rows(task, prompts: Sequence[str], drafts: Sequence[str], outputs: Seq
     n = max(len(prompts), 1)
     kept_a = np.asarray(kept, bool)
     stats = {
-        "unlabeled_prompts": len(prompts), "revised_rows": len(rows), **drops,
+        "unlabeled_prompts": len(prompts),
+        "revised_rows": len(rows),
+        **drops,
         "dropped": sum(drops.values()),
         "kept_fraction": float(kept_a.sum() / n),
         "draft_gold": float(g_draft.mean()) if len(prompts) else 0.0,
@@ -184,9 +237,16 @@ def round_rows(task, prompts: Sequence[str], drafts: Sequence[str], outputs: Seq
         "worsened_fraction": float(np.sum(g_rev < g_draft) / n),
         # does the reviser keep what is already perfect, and fix what is not?
         # None when no draft of this round is perfect (or none is imperfect); gold 1.0 = perfect
-        "kept_when_draft_perfect": float(kept_a[g_draft >= 1.0].mean()) if np.any(g_draft >= 1.0) else None,
-        "kept_when_draft_imperfect": float(kept_a[g_draft < 1.0].mean()) if np.any(g_draft < 1.0) else None,
-        "trained_gold": float(np.mean([task.gold_reward(r["prompt"], r["completion"]) for r in rows]))
-        if rows else 0.0,
+        "kept_when_draft_perfect": float(kept_a[g_draft >= 1.0].mean())
+        if np.any(g_draft >= 1.0)
+        else None,
+        "kept_when_draft_imperfect": float(kept_a[g_draft < 1.0].mean())
+        if np.any(g_draft < 1.0)
+        else None,
+        "trained_gold": float(
+            np.mean([task.gold_reward(r["prompt"], r["completion"]) for r in rows])
+        )
+        if rows
+        else 0.0,
     }
     return rows, stats

@@ -24,30 +24,61 @@ import importlib
 import inspect
 from typing import Callable
 
-from alignment.losses import policy_gradient  # noqa: F401  (imported for its registrations)
-from alignment.losses import preference  # noqa: F401
-from alignment.losses import preference_extra  # noqa: F401
-from alignment.losses import reward  # noqa: F401
-from alignment.losses import supervised  # noqa: F401
-from alignment.losses import token_level  # noqa: F401
+from alignment.losses import (
+    policy_gradient,  # noqa: F401  (imported for its registrations)
+    preference,  # noqa: F401
+    preference_extra,  # noqa: F401
+    reward,  # noqa: F401
+    supervised,  # noqa: F401
+    token_level,  # noqa: F401
+)
 from alignment.losses._pairs import Pair, preference_loss
-from alignment.losses._registry import (FAMILIES, INPUTS, REFERENCE_INPUTS, Spec, _LOSSES,
-                                        make_spec, register)
+from alignment.losses._registry import (
+    _LOSSES,
+    FAMILIES,
+    INPUTS,
+    REFERENCE_INPUTS,
+    Spec,
+    make_spec,
+    register,
+)
 from alignment.losses.diagnostics import idealized_ranking_accuracy, ranking_accuracy
 from alignment.losses.kl import kl_estimate
 from alignment.losses.policy_gradient import aggregate, entropy_from_logits
 from alignment.losses.token_level import wpo_weights
 
-__all__ = ["get", "available", "defaults", "family", "register", "preference_loss", "Pair",
-           "spec", "Spec", "inputs", "needs_reference", "FAMILIES", "INPUTS",
-           "REFERENCE_INPUTS", "kl_estimate", "aggregate", "entropy_from_logits", "wpo_weights",
-           "ranking_accuracy", "idealized_ranking_accuracy"]
+__all__ = [
+    "get",
+    "available",
+    "defaults",
+    "family",
+    "register",
+    "preference_loss",
+    "Pair",
+    "spec",
+    "Spec",
+    "inputs",
+    "needs_reference",
+    "FAMILIES",
+    "INPUTS",
+    "REFERENCE_INPUTS",
+    "kl_estimate",
+    "aggregate",
+    "entropy_from_logits",
+    "wpo_weights",
+    "ranking_accuracy",
+    "idealized_ranking_accuracy",
+]
 
 
 def available() -> dict[str, str]:
     """Registered loss names mapped to their family, sorted by family then name."""
-    return dict(sorted(((n, e.family) for n, e in _LOSSES.items()),
-                       key=lambda kv: (FAMILIES.index(kv[1]), kv[0])))
+    return dict(
+        sorted(
+            ((n, e.family) for n, e in _LOSSES.items()),
+            key=lambda kv: (FAMILIES.index(kv[1]), kv[0]),
+        )
+    )
 
 
 def _listing() -> str:
@@ -75,8 +106,9 @@ def get(name: str) -> Callable:
         if not callable(fn):
             raise ValueError(f"loss {name!r} is not callable")
         return fn
-    raise ValueError(f"unknown loss {name!r}. Valid names are {_listing()} "
-                     "(or 'package.module:function')")
+    raise ValueError(
+        f"unknown loss {name!r}. Valid names are {_listing()} (or 'package.module:function')"
+    )
 
 
 def spec(loss: str | Callable) -> Spec:
@@ -117,6 +149,5 @@ def family(name: str) -> str:
     """The family of a registered loss."""
     get(name)
     if name not in _LOSSES:
-        raise ValueError(f"{name!r} is not a registered loss; only registered losses have a "
-                         "family")
+        raise ValueError(f"{name!r} is not a registered loss; only registered losses have a family")
     return _LOSSES[name].family

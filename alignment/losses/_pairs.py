@@ -30,6 +30,7 @@ class Pair:
     reference's, `lc, lr` response token counts (None when not given), `cl, rl, h` the log-ratios
     and their gap.
     """
+
     pc: jax.Array
     pr: jax.Array
     rc: jax.Array
@@ -51,10 +52,20 @@ class Pair:
         return self.cl - self.rl
 
 
-def pair_inputs(loss: str, *, policy_chosen_logps: Any, policy_rejected_logps: Any,
-                ref_chosen_logps: Any, ref_rejected_logps: Any, chosen_lengths: Any,
-                rejected_lengths: Any, need_reference: bool, need_lengths: bool,
-                paired: bool = True, log_probs: bool = False) -> Pair:
+def pair_inputs(
+    loss: str,
+    *,
+    policy_chosen_logps: Any,
+    policy_rejected_logps: Any,
+    ref_chosen_logps: Any,
+    ref_rejected_logps: Any,
+    chosen_lengths: Any,
+    rejected_lengths: Any,
+    need_reference: bool,
+    need_lengths: bool,
+    paired: bool = True,
+    log_probs: bool = False,
+) -> Pair:
     """Cast to float32 and validate shapes, finiteness and lengths (and, with `log_probs`, that
     the policy's log-probs are <= 0); errors name `loss` and the argument."""
     try:
@@ -80,10 +91,12 @@ def pair_inputs(loss: str, *, policy_chosen_logps: Any, policy_rejected_logps: A
             _checks.check_same_shape(policy_rejected_logps=pr, rejected_lengths=lr)
             _checks.check_positive("chosen_lengths", chosen_lengths)
             _checks.check_positive("rejected_lengths", rejected_lengths)
-        for name, raw in (("policy_chosen_logps", policy_chosen_logps),
-                          ("policy_rejected_logps", policy_rejected_logps),
-                          ("ref_chosen_logps", ref_chosen_logps),
-                          ("ref_rejected_logps", ref_rejected_logps)):
+        for name, raw in (
+            ("policy_chosen_logps", policy_chosen_logps),
+            ("policy_rejected_logps", policy_rejected_logps),
+            ("ref_chosen_logps", ref_chosen_logps),
+            ("ref_rejected_logps", ref_rejected_logps),
+        ):
             _checks.check_finite(name, raw)
         if log_probs:
             _checks.check_nonpositive("policy_chosen_logps", policy_chosen_logps)
@@ -100,12 +113,24 @@ def check_beta(loss: str, beta: Any) -> None:
         raise ValueError(f"loss {loss!r}: {e}") from None
 
 
-def check_label_smoothing(loss: str, label_smoothing: Any, *, low: float = 0.0,
-                          high: float = 0.5, low_open: bool = False,
-                          high_open: bool = False) -> None:
+def check_label_smoothing(
+    loss: str,
+    label_smoothing: Any,
+    *,
+    low: float = 0.0,
+    high: float = 0.5,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
     try:
-        _checks.check_scalar("label_smoothing", label_smoothing, low=low, high=high,
-                             low_open=low_open, high_open=high_open)
+        _checks.check_scalar(
+            "label_smoothing",
+            label_smoothing,
+            low=low,
+            high=high,
+            low_open=low_open,
+            high_open=high_open,
+        )
     except ValueError as e:
         raise ValueError(f"loss {loss!r}: {e}") from None
 
@@ -115,16 +140,19 @@ def no_label_smoothing(loss: str, label_smoothing: Any) -> None:
     if label_smoothing is None or _checks.is_traced(label_smoothing):
         return
     if float(label_smoothing) != 0.0:
-        raise ValueError(f"loss {loss!r} has no label-smoothing term; got label_smoothing="
-                         f"{float(label_smoothing)} (use 0.0, or a loss that supports it: dpo, "
-                         "robust, exo_pair, sigmoid_norm, aot, aot_unpaired, rpo, simpo, cpo, "
-                         "sail)")
+        raise ValueError(
+            f"loss {loss!r} has no label-smoothing term; got label_smoothing="
+            f"{float(label_smoothing)} (use 0.0, or a loss that supports it: dpo, "
+            "robust, exo_pair, sigmoid_norm, aot, aot_unpaired, rpo, simpo, cpo, "
+            "sail)"
+        )
 
 
 def smoothed_logistic(z: jax.Array, label_smoothing: Any) -> jax.Array:
     """`-(1-ls)*logsig(z) - ls*logsig(-z)`: cross-entropy against a label of confidence 1-ls."""
-    return (-(1.0 - label_smoothing) * jax.nn.log_sigmoid(z)
-            - label_smoothing * jax.nn.log_sigmoid(-z))
+    return -(1.0 - label_smoothing) * jax.nn.log_sigmoid(z) - label_smoothing * jax.nn.log_sigmoid(
+        -z
+    )
 
 
 def metrics(losses: jax.Array, p: Pair, beta: Any, **extra: jax.Array) -> dict[str, jax.Array]:
@@ -150,13 +178,15 @@ def metrics(losses: jax.Array, p: Pair, beta: Any, **extra: jax.Array) -> dict[s
     }
     if p.lc is not None and p.lr is not None:
         out["ranking_accuracy_normalized"] = jnp.mean(
-            (p.pc / p.lc >= p.pr / p.lr).astype(jnp.float32))
+            (p.pc / p.lc >= p.pr / p.lr).astype(jnp.float32)
+        )
     out.update(extra)
     return out
 
 
-def unpaired_metrics(losses: jax.Array, p: Pair, beta: Any,
-                     **extra: jax.Array) -> dict[str, jax.Array]:
+def unpaired_metrics(
+    losses: jax.Array, p: Pair, beta: Any, **extra: jax.Array
+) -> dict[str, jax.Array]:
     """Metrics of an unpaired loss (chosen [Bc], rejected [Br], Bc and Br may differ).
 
     `reward_margin` is per example when Bc == Br, else the difference of the mean rewards;
@@ -169,9 +199,15 @@ def unpaired_metrics(losses: jax.Array, p: Pair, beta: Any,
     else:
         margin = jnp.mean(cr) - jnp.mean(rr)
         accuracy = jnp.mean((cr[:, None] > rr[None, :]).astype(jnp.float32))
-    out = {"losses": losses, "chosen_rewards": cr, "rejected_rewards": rr,
-           "reward_margin": margin, "reward_accuracy": accuracy,
-           "logps_chosen": jnp.mean(p.pc), "logps_rejected": jnp.mean(p.pr)}
+    out = {
+        "losses": losses,
+        "chosen_rewards": cr,
+        "rejected_rewards": rr,
+        "reward_margin": margin,
+        "reward_accuracy": accuracy,
+        "logps_chosen": jnp.mean(p.pc),
+        "logps_rejected": jnp.mean(p.pr),
+    }
     out.update(extra)
     return out
 
@@ -185,15 +221,22 @@ def _interval(text: str) -> dict[str, Any]:
     return dict(low=float(low), high=float(high), low_open=s[0] == "(", high_open=s[-1] == ")")
 
 
-_RENAMED = {"reference_chosen_logps": "ref_chosen_logps",
-            "reference_rejected_logps": "ref_rejected_logps"}
+_RENAMED = {
+    "reference_chosen_logps": "ref_chosen_logps",
+    "reference_rejected_logps": "ref_rejected_logps",
+}
 
 
-def preference_loss(name: str, *, reference: bool = True,
-                    lengths: bool | Callable[[dict[str, Any]], bool] = False,
-                    paired: bool = True, label_smoothing: str | None = None,
-                    log_probs: bool = False,
-                    overwrite: bool = False) -> Callable[[Callable], Callable]:
+def preference_loss(
+    name: str,
+    *,
+    reference: bool = True,
+    lengths: bool | Callable[[dict[str, Any]], bool] = False,
+    paired: bool = True,
+    label_smoothing: str | None = None,
+    log_probs: bool = False,
+    overwrite: bool = False,
+) -> Callable[[Callable], Callable]:
     """Decorator: a sequence-level preference loss from its math, registered as `name`.
 
     The decorated body is `body(p: Pair, *, beta, <knobs>)` and returns the per-example losses
@@ -230,20 +273,34 @@ def preference_loss(name: str, *, reference: bool = True,
         if "beta" not in knob_names:
             raise TypeError(f"preference loss {name!r}: the body must take `beta`")
         if ("label_smoothing" in knob_names) != (smoothing is not None):
-            raise TypeError(f"preference loss {name!r}: pass label_smoothing='[lo, hi]' exactly "
-                            "when the body takes a `label_smoothing` knob")
+            raise TypeError(
+                f"preference loss {name!r}: pass label_smoothing='[lo, hi]' exactly "
+                "when the body takes a `label_smoothing` knob"
+            )
         own_smoothing = smoothing is not None
         public = list(knobs)
         if not own_smoothing:
-            public.insert(knob_names.index("beta") + 1, inspect.Parameter(
-                "label_smoothing", inspect.Parameter.KEYWORD_ONLY, default=0.0,
-                annotation="float"))
+            public.insert(
+                knob_names.index("beta") + 1,
+                inspect.Parameter(
+                    "label_smoothing",
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=0.0,
+                    annotation="float",
+                ),
+            )
         required = ("policy_chosen_logps", "policy_rejected_logps")
         if reference:
             required += ("ref_chosen_logps", "ref_rejected_logps")
-        arrays = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation="Array",
-                                    default=inspect.Parameter.empty if n in required else None)
-                  for n in PAIR_INPUTS]
+        arrays = [
+            inspect.Parameter(
+                n,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation="Array",
+                default=inspect.Parameter.empty if n in required else None,
+            )
+            for n in PAIR_INPUTS
+        ]
         signature = inspect.Signature(arrays + public)
 
         @functools.wraps(body)
@@ -253,8 +310,9 @@ def preference_loss(name: str, *, reference: bool = True,
             try:
                 bound = signature.bind(**kwargs)
             except TypeError as e:
-                hint = "".join(f"; `{old}` is now `{new}`" for old, new in _RENAMED.items()
-                               if old in kwargs)
+                hint = "".join(
+                    f"; `{old}` is now `{new}`" for old, new in _RENAMED.items() if old in kwargs
+                )
                 raise TypeError(f"loss {name!r}: {e}{hint}") from None
             bound.apply_defaults()
             a = bound.arguments
@@ -265,9 +323,14 @@ def preference_loss(name: str, *, reference: bool = True,
             else:
                 no_label_smoothing(name, a["label_smoothing"])
             need_lengths = lengths(values) if callable(lengths) else lengths
-            p = pair_inputs(name, **{k: a[k] for k in PAIR_INPUTS}, need_reference=reference,
-                            need_lengths=bool(need_lengths), paired=paired,
-                            log_probs=log_probs)
+            p = pair_inputs(
+                name,
+                **{k: a[k] for k in PAIR_INPUTS},
+                need_reference=reference,
+                need_lengths=bool(need_lengths),
+                paired=paired,
+                log_probs=log_probs,
+            )
             try:
                 out = body(p, **values)
             except ValueError as e:

@@ -15,16 +15,32 @@ from typing import Callable
 
 FAMILIES = ("preference", "token_preference", "supervised", "policy_gradient", "reward_model")
 
-PAIR_INPUTS = ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps",
-               "ref_rejected_logps", "chosen_lengths", "rejected_lengths")
+PAIR_INPUTS = (
+    "policy_chosen_logps",
+    "policy_rejected_logps",
+    "ref_chosen_logps",
+    "ref_rejected_logps",
+    "chosen_lengths",
+    "rejected_lengths",
+)
 
 # The array inputs of each family, i.e. what its learner computes from a batch and passes in.
 INPUTS: dict[str, tuple[str, ...]] = {
     "preference": PAIR_INPUTS,
     "token_preference": PAIR_INPUTS + ("chosen_mask", "rejected_mask"),
     "supervised": ("logps", "mask", "segment_ids", "ref_logps"),
-    "policy_gradient": ("logps", "mask", "advantages", "old_logps", "ref_logps", "values",
-                        "old_values", "returns", "entropy", "num_tokens"),
+    "policy_gradient": (
+        "logps",
+        "mask",
+        "advantages",
+        "old_logps",
+        "ref_logps",
+        "values",
+        "old_values",
+        "returns",
+        "entropy",
+        "num_tokens",
+    ),
     "reward_model": ("chosen_scores", "rejected_scores", "margins"),
 }
 
@@ -43,6 +59,7 @@ class Spec:
     (hyper-parameters); `required`: the names among both without a default; `var_kw`: whether
     it accepts `**kwargs`; `family`: None for an unregistered function.
     """
+
     family: str | None
     inputs: tuple[str, ...]
     knobs: tuple[str, ...]
@@ -72,14 +89,19 @@ _LOSSES: dict[str, _Entry] = {}
 def make_spec(fn: Callable, family: str | None, inputs: tuple[str, ...] | None = None) -> Spec:
     """The `Spec` of `fn`: inputs are `inputs` when given, else the arguments of `fn` named in
     the family's `INPUTS` (in any family's when `family` is None)."""
-    params = [p for p in inspect.signature(fn).parameters.values()
-              if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    params = [
+        p
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
     names = [p.name for p in params]
     if inputs is not None:
         unknown = [n for n in inputs if n not in names]
         if unknown:
-            raise ValueError(f"{getattr(fn, '__name__', fn)!r} declares inputs {unknown} it does "
-                             f"not take; its arguments are {names}")
+            raise ValueError(
+                f"{getattr(fn, '__name__', fn)!r} declares inputs {unknown} it does "
+                f"not take; its arguments are {names}"
+            )
         declared = set(inputs)
     else:
         declared = set(INPUTS[family] if family is not None else ALL_INPUTS)
@@ -88,13 +110,13 @@ def make_spec(fn: Callable, family: str | None, inputs: tuple[str, ...] | None =
         inputs=tuple(n for n in names if n in declared),
         knobs=tuple(n for n in names if n not in declared),
         required=frozenset(p.name for p in params if p.default is inspect.Parameter.empty),
-        var_kw=any(p.kind == p.VAR_KEYWORD
-                   for p in inspect.signature(fn).parameters.values()),
+        var_kw=any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()),
     )
 
 
-def register(name: str, family: str, *, inputs: tuple[str, ...] | None = None,
-             overwrite: bool = False) -> Callable[[Callable], Callable]:
+def register(
+    name: str, family: str, *, inputs: tuple[str, ...] | None = None, overwrite: bool = False
+) -> Callable[[Callable], Callable]:
     """Decorator: make `fn` reachable as `alignment.losses.get(name)`.
 
     `inputs` names its array arguments when they are not the family's usual ones (`INPUTS`).
@@ -107,9 +129,11 @@ def register(name: str, family: str, *, inputs: tuple[str, ...] | None = None,
 
     def deco(fn: Callable) -> Callable:
         if name in _LOSSES and _LOSSES[name].fn is not fn and not overwrite:
-            raise ValueError(f"loss name {name!r} is already registered to {_LOSSES[name].fn}; "
-                             "pass overwrite=True to replace it (e.g. when re-running a "
-                             "notebook cell)")
+            raise ValueError(
+                f"loss name {name!r} is already registered to {_LOSSES[name].fn}; "
+                "pass overwrite=True to replace it (e.g. when re-running a "
+                "notebook cell)"
+            )
         _LOSSES[name] = _Entry(family, fn, make_spec(fn, family, inputs))
         return fn
 

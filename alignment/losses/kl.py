@@ -15,12 +15,12 @@ ESTIMATORS = ("k1", "k2", "k3")
 
 
 def kl_estimate(logps: jax.Array, ref_logps: jax.Array, estimator: str) -> jax.Array:
-  """Elementwise KL estimate (same shape as the inputs), float32."""
-  if estimator not in ESTIMATORS:
-    raise ValueError(f"`kl_estimator` must be one of {ESTIMATORS}, got {estimator!r}")
-  d = jnp.asarray(ref_logps, jnp.float32) - jnp.asarray(logps, jnp.float32)
-  if estimator == "k1":
-    return -d
-  if estimator == "k2":
-    return 0.5 * d ** 2
-  return jnp.expm1(d) - d
+    """Elementwise KL estimate (same shape as the inputs), float32."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"`kl_estimator` must be one of {ESTIMATORS}, got {estimator!r}")
+    d = jnp.asarray(ref_logps, jnp.float32) - jnp.asarray(logps, jnp.float32)
+    if estimator == "k1":
+        return -d
+    if estimator == "k2":
+        return 0.5 * d**2
+    return jnp.expm1(d) - d

@@ -52,8 +52,14 @@ def hinge(p: Pair, *, beta: float = 0.1):
 
 
 @preference_loss("slic", reference=False)
-def slic(p: Pair, *, beta: float = 0.1, delta: float = 1.0, lam: float = 0.1,
-         target_logps: Array | None = None):
+def slic(
+    p: Pair,
+    *,
+    beta: float = 0.1,
+    delta: float = 1.0,
+    lam: float = 0.1,
+    target_logps: Array | None = None,
+):
     """SLiC-HF (Zhao et al., 2023): `relu(delta - (pc - pr)) - lam * log p(y_ref)`.
 
     Reference-free (reference log-probs, if given, only feed the reward metrics). `y_ref` is
@@ -85,8 +91,9 @@ def robust(p: Pair, *, beta: float = 0.1, label_smoothing: float = 0.0):
     `((1-ls)*(-logsig(b*h)) + ls*logsig(-b*h)) / (1-2*ls)`.
     """
     z = beta * p.h
-    return ((1.0 - label_smoothing) * -jax.nn.log_sigmoid(z)
-            + label_smoothing * jax.nn.log_sigmoid(-z)) / (1.0 - 2.0 * label_smoothing)
+    return (
+        (1.0 - label_smoothing) * -jax.nn.log_sigmoid(z) + label_smoothing * jax.nn.log_sigmoid(-z)
+    ) / (1.0 - 2.0 * label_smoothing)
 
 
 @preference_loss("exo_pair", label_smoothing="(0, 0.5]")
@@ -99,8 +106,9 @@ def exo_pair(p: Pair, *, beta: float = 0.1, label_smoothing: float = 1e-3):
     """
     z = beta * p.h
     ls = jnp.asarray(label_smoothing, jnp.float32)
-    return (jax.nn.sigmoid(z) * (jax.nn.log_sigmoid(z) - jnp.log1p(-ls))
-            + jax.nn.sigmoid(-z) * (jax.nn.log_sigmoid(-z) - jnp.log(ls)))
+    return jax.nn.sigmoid(z) * (jax.nn.log_sigmoid(z) - jnp.log1p(-ls)) + jax.nn.sigmoid(-z) * (
+        jax.nn.log_sigmoid(-z) - jnp.log(ls)
+    )
 
 
 @preference_loss("nca_pair")

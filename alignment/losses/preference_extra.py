@@ -27,10 +27,17 @@ def _log_odds(mean_logp: jax.Array) -> jax.Array:
     return a - jnp.log(-jnp.expm1(a))
 
 
-@preference_loss("rpo", lengths=lambda knobs: knobs["variant"] == "average",
-                 label_smoothing="[0, 0.5]")
-def rpo(p: Pair, *, beta: float = 0.1, label_smoothing: float = 0.0,
-        variant: str = "cumulative", eta: float | None = None):
+@preference_loss(
+    "rpo", lengths=lambda knobs: knobs["variant"] == "average", label_smoothing="[0, 0.5]"
+)
+def rpo(
+    p: Pair,
+    *,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    variant: str = "cumulative",
+    eta: float | None = None,
+):
     """RPO (Liu et al., 2024, "Provably Mitigating Overoptimization in RLHF"): DPO plus an SFT
     anchor on the chosen response.
 
@@ -86,9 +93,16 @@ def cpo(p: Pair, *, beta: float = 0.1, label_smoothing: float = 0.0, nll_weight:
 
 
 @preference_loss("kto", paired=False)
-def kto(p: Pair, *, beta: float = 0.1, policy_kl_logps: Array | None = None,
-        ref_kl_logps: Array | None = None, kl: Array | None = None,
-        desirable_weight: float = 1.0, undesirable_weight: float = 1.0):
+def kto(
+    p: Pair,
+    *,
+    beta: float = 0.1,
+    policy_kl_logps: Array | None = None,
+    ref_kl_logps: Array | None = None,
+    kl: Array | None = None,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+):
     """KTO (Ethayarajh et al., 2024), unpaired: chosen = desirable [Bd], rejected = undesirable
     [Bu]; Bd and Bu may differ.
 
@@ -102,8 +116,10 @@ def kto(p: Pair, *, beta: float = 0.1, policy_kl_logps: Array | None = None,
     _checks.check_scalar("desirable_weight", desirable_weight, low=0.0)
     _checks.check_scalar("undesirable_weight", undesirable_weight, low=0.0)
     if p.pc.shape[0] == 0 or p.pr.shape[0] == 0:
-        raise ValueError("needs at least one desirable (chosen) and one undesirable "
-                         f"(rejected) example, got {p.pc.shape[0]} and {p.pr.shape[0]}")
+        raise ValueError(
+            "needs at least one desirable (chosen) and one undesirable "
+            f"(rejected) example, got {p.pc.shape[0]} and {p.pr.shape[0]}"
+        )
     if policy_kl_logps is not None or ref_kl_logps is not None:
         if kl is not None:
             raise ValueError("pass either `kl` or the KL log-probs, not both")
@@ -117,13 +133,16 @@ def kto(p: Pair, *, beta: float = 0.1, policy_kl_logps: Array | None = None,
         _checks.check_finite("kl", kl)
         z0 = jnp.maximum(_checks.f32("kl", kl), 0.0)
     else:
-        raise ValueError("needs the reference point z0: pass `policy_kl_logps` and "
-                         "`ref_kl_logps` (log-probs of mismatched (x, y') pairs) or `kl`")
+        raise ValueError(
+            "needs the reference point z0: pass `policy_kl_logps` and "
+            "`ref_kl_logps` (log-probs of mismatched (x, y') pairs) or `kl`"
+        )
     z0 = sg(z0)
     chosen_losses = 1.0 - jax.nn.sigmoid(beta * (p.cl - z0))
     rejected_losses = 1.0 - jax.nn.sigmoid(beta * (z0 - p.rl))
-    losses = jnp.concatenate([desirable_weight * chosen_losses,
-                              undesirable_weight * rejected_losses])
+    losses = jnp.concatenate(
+        [desirable_weight * chosen_losses, undesirable_weight * rejected_losses]
+    )
     return losses, {"kl": z0}
 
 
@@ -143,9 +162,15 @@ def asft(p: Pair, *, beta: float = 0.1, lam: float = 1.0):
 
 
 @preference_loss("inpo")
-def inpo(p: Pair, *, beta: float = 0.1, previous_chosen_logps: Array | None = None,
-         previous_rejected_logps: Array | None = None, eta: float | None = None,
-         tau: float = 0.1):
+def inpo(
+    p: Pair,
+    *,
+    beta: float = 0.1,
+    previous_chosen_logps: Array | None = None,
+    previous_rejected_logps: Array | None = None,
+    eta: float | None = None,
+    tau: float = 0.1,
+):
     """INPO (Zhang et al., 2024, "Iterative Nash Policy Optimization"), squared loss against two
     frozen models, the reference and the previous iterate pi_t:
 
@@ -165,8 +190,9 @@ def inpo(p: Pair, *, beta: float = 0.1, previous_chosen_logps: Array | None = No
     else:
         tc = _checks.f32("previous_chosen_logps", previous_chosen_logps)
         tr = _checks.f32("previous_rejected_logps", previous_rejected_logps)
-        _checks.check_same_shape(policy_chosen_logps=p.pc, previous_chosen_logps=tc,
-                                 previous_rejected_logps=tr)
+        _checks.check_same_shape(
+            policy_chosen_logps=p.pc, previous_chosen_logps=tc, previous_rejected_logps=tr
+        )
         _checks.check_finite("previous_chosen_logps", previous_chosen_logps)
         _checks.check_finite("previous_rejected_logps", previous_rejected_logps)
     w = eta * tau
@@ -175,8 +201,15 @@ def inpo(p: Pair, *, beta: float = 0.1, previous_chosen_logps: Array | None = No
 
 
 @preference_loss("sail", label_smoothing="[0, 0.5]")
-def sail(p: Pair, *, beta: float = 0.1, label_smoothing: float = 0.0, score_coef: float = 0.2,
-         self_label_coef: float = 0.0, normalize_score_term: bool = False):
+def sail(
+    p: Pair,
+    *,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    score_coef: float = 0.2,
+    self_label_coef: float = 0.0,
+    normalize_score_term: bool = False,
+):
     """SAIL (Ding et al., 2024, "Self-Improving Online Alignment"), DPO on pairs sampled from the
     current policy, as a surrogate whose gradient adds the score-function term:
 
@@ -192,8 +225,9 @@ def sail(p: Pair, *, beta: float = 0.1, label_smoothing: float = 0.0, score_coef
     z = beta * p.h
     pref = smoothed_logistic(z, label_smoothing)
     if normalize_score_term:
-        score = (p.pc / sg(jnp.maximum(jnp.abs(p.pc), 1e-6))
-                 + p.pr / sg(jnp.maximum(jnp.abs(p.pr), 1e-6)))
+        score = p.pc / sg(jnp.maximum(jnp.abs(p.pc), 1e-6)) + p.pr / sg(
+            jnp.maximum(jnp.abs(p.pr), 1e-6)
+        )
     else:
         score = p.pc + p.pr
     score_term = score_coef * sg(pref) * score

@@ -8,7 +8,13 @@ from flax import nnx as _nnx
 
 from alignment.models import hf
 from alignment.models.config import PRESETS, ModelConfig, get_preset
-from alignment.models.heads import last_token_index, make_score_fn, make_value_fn, sequence_scores, token_values
+from alignment.models.heads import (
+    last_token_index,
+    make_score_fn,
+    make_value_fn,
+    sequence_scores,
+    token_values,
+)
 from alignment.models.transformer import Transformer, create_sharded
 
 
@@ -36,6 +42,19 @@ def save_pretrained(model, path, **kwargs):
     return hf.save_pretrained(model, path, **kwargs)
 
 
-__all__ = ["ModelConfig", "Transformer", "get_preset", "PRESETS", "from_pretrained", "save_pretrained",
-           "split", "merge", "create_sharded", "sequence_scores", "token_values", "last_token_index",
-           "make_score_fn", "make_value_fn"]
+__all__ = [
+    "ModelConfig",
+    "Transformer",
+    "get_preset",
+    "PRESETS",
+    "from_pretrained",
+    "save_pretrained",
+    "split",
+    "merge",
+    "create_sharded",
+    "sequence_scores",
+    "token_values",
+    "last_token_index",
+    "make_score_fn",
+    "make_value_fn",
+]

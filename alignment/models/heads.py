@@ -29,8 +29,13 @@ def last_token_index(attention_mask):
 
 
 def _all_scores(model, input_ids_BxT, attention_mask_BxT, positions=None, segment_ids=None):
-    hidden_BxTxD = model(input_ids_BxT, attention_mask_BxT, positions=positions,
-                         segment_ids=segment_ids, return_hidden=True)
+    hidden_BxTxD = model(
+        input_ids_BxT,
+        attention_mask_BxT,
+        positions=positions,
+        segment_ids=segment_ids,
+        return_hidden=True,
+    )
     return model.scores(hidden_BxTxD)
 
 
@@ -63,7 +68,9 @@ def token_values(model, input_ids, attention_mask=None, *, positions=None, segme
     else:
         attention_mask_BxT = attention_mask
     if model.config.num_labels != 1:
-        raise ValueError(f"token_values needs a one-label head, the model has num_labels={model.config.num_labels}")
+        raise ValueError(
+            f"token_values needs a one-label head, the model has num_labels={model.config.num_labels}"
+        )
     scores_BxTx1 = _all_scores(model, input_ids_BxT, attention_mask_BxT, positions, segment_ids)
     scores_BxT = scores_BxTx1[..., 0]
     return jnp.where(jnp.asarray(attention_mask_BxT).astype(bool), scores_BxT, 0.0)
@@ -72,13 +79,17 @@ def token_values(model, input_ids, attention_mask=None, *, positions=None, segme
 def make_score_fn(graphdef) -> Callable:
     """`score_fn(params, input_ids, attention_mask) -> [B]`: `sequence_scores` of the model
     `graphdef` under the pure dict `params` (merged inside whatever jit calls it)."""
+
     def score_fn(params, input_ids, attention_mask):
         return sequence_scores(nnx.merge(graphdef, params), input_ids, attention_mask)
+
     return score_fn
 
 
 def make_value_fn(graphdef) -> Callable:
     """`value_fn(params, input_ids, attention_mask) -> [B, T]`: `token_values` under `params`."""
+
     def value_fn(params, input_ids, attention_mask):
         return token_values(nnx.merge(graphdef, params), input_ids, attention_mask)
+
     return value_fn

@@ -26,21 +26,46 @@ from alignment.models.transformer import Transformer
 from alignment.sharding import state_shardings
 
 _LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
-_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                  "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
-                  "gpt2": "GPT2LMHeadModel"}
+_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "gemma": "GemmaForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
+}
 # Models with a score head and no LM head (reward models); `score.weight` is [num_labels, D].
-_CLASSIFIERS = {"llama": "LlamaForSequenceClassification", "mistral": "MistralForSequenceClassification",
-                "qwen2": "Qwen2ForSequenceClassification", "qwen3": "Qwen3ForSequenceClassification",
-                "gemma": "GemmaForSequenceClassification", "gemma2": "Gemma2ForSequenceClassification",
-                "gpt2": "GPT2ForSequenceClassification"}
-_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
-                "gelu_fast": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
+_CLASSIFIERS = {
+    "llama": "LlamaForSequenceClassification",
+    "mistral": "MistralForSequenceClassification",
+    "qwen2": "Qwen2ForSequenceClassification",
+    "qwen3": "Qwen3ForSequenceClassification",
+    "gemma": "GemmaForSequenceClassification",
+    "gemma2": "Gemma2ForSequenceClassification",
+    "gpt2": "GPT2ForSequenceClassification",
+}
+_ACTIVATIONS = {
+    "silu": "silu",
+    "swish": "silu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_new": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "gelu": "gelu",
+    "relu": "relu",
+}
 _HF_ACTIVATION = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "relu": "relu"}
 # Buffers some checkpoints carry that are not parameters.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "attn.bias", "attn.masked_bias")
 # Fields that describe how the model runs, not what it computes.
-_EXECUTION_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attention_impl", "init_std")
+_EXECUTION_FIELDS = (
+    "dtype",
+    "param_dtype",
+    "scan_layers",
+    "remat_policy",
+    "attention_impl",
+    "init_std",
+)
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -67,8 +92,10 @@ def _rope_fields(d: dict, where: str) -> dict:
     if not isinstance(rp, dict):
         raise ValueError(f"{where}: {field} must be a dict, got {rp!r}")
     if any(isinstance(v, dict) for v in rp.values()):
-        raise ValueError(f"{where}: {field} is nested per layer type ({sorted(rp)}); per-layer rope is not "
-                         "supported")
+        raise ValueError(
+            f"{where}: {field} is nested per layer type ({sorted(rp)}); per-layer rope is not "
+            "supported"
+        )
     rope_type = _opt(rp, "rope_type", _opt(rp, "type", "default"))
     theta = float(_opt(rp, "rope_theta", _opt(d, "rope_theta", 10_000.0)))
     prf = _opt(rp, "partial_rotary_factor", _opt(d, "partial_rotary_factor", 1.0))
@@ -81,13 +108,23 @@ def _rope_fields(d: dict, where: str) -> dict:
         return dict(out, rope_factor=float(_need(rp, "factor", f"{where} {field}")))
     if rope_type == "llama3":
         sub = f"{where} {field}"
-        return dict(out, rope_factor=float(_need(rp, "factor", sub)),
-                    rope_low_freq_factor=float(_need(rp, "low_freq_factor", sub)),
-                    rope_high_freq_factor=float(_need(rp, "high_freq_factor", sub)),
-                    rope_original_max_len=int(_opt(rp, "original_max_position_embeddings",
-                                                   _need(d, "max_position_embeddings", where))))
-    raise ValueError(f"{where}: {field}.rope_type={rope_type!r} is not supported "
-                     "(supported: default, linear, llama3)")
+        return dict(
+            out,
+            rope_factor=float(_need(rp, "factor", sub)),
+            rope_low_freq_factor=float(_need(rp, "low_freq_factor", sub)),
+            rope_high_freq_factor=float(_need(rp, "high_freq_factor", sub)),
+            rope_original_max_len=int(
+                _opt(
+                    rp,
+                    "original_max_position_embeddings",
+                    _need(d, "max_position_embeddings", where),
+                )
+            ),
+        )
+    raise ValueError(
+        f"{where}: {field}.rope_type={rope_type!r} is not supported "
+        "(supported: default, linear, llama3)"
+    )
 
 
 def _activation(d: dict, key: str, default: str, where: str, family: str) -> str:
@@ -95,7 +132,9 @@ def _activation(d: dict, key: str, default: str, where: str, family: str) -> str
     if family == "gemma" and name == "gelu":
         name = "gelu_pytorch_tanh"  # as transformers does: legacy Gemma configs mean the tanh form
     if name not in _ACTIVATIONS:
-        raise ValueError(f"{where}: {key}={name!r} is not supported (supported: {sorted(_ACTIVATIONS)})")
+        raise ValueError(
+            f"{where}: {key}={name!r} is not supported (supported: {sorted(_ACTIVATIONS)})"
+        )
     return _ACTIVATIONS[name]
 
 
@@ -119,10 +158,13 @@ def config_from_hf(d: dict, *, dtype=None, where: str = "config.json") -> ModelC
     """`ModelConfig` from a Hugging Face config dict; unsupported fields raise naming the field."""
     family = d.get("model_type")
     if family not in _ARCHITECTURES:
-        raise ValueError(f"{where}: model_type={family!r} is not supported "
-                         f"(supported: {sorted(_ARCHITECTURES)})")
+        raise ValueError(
+            f"{where}: model_type={family!r} is not supported (supported: {sorted(_ARCHITECTURES)})"
+        )
     if d.get("use_bidirectional_attention"):
-        raise ValueError(f"{where}: use_bidirectional_attention=True is not supported (causal LMs only)")
+        raise ValueError(
+            f"{where}: use_bidirectional_attention=True is not supported (causal LMs only)"
+        )
     dtype = "float32" if dtype is None else jnp.dtype(dtype).name
     common = dict(family=family, dtype=dtype, param_dtype=dtype, **_head_fields(d, where))
     if family == "gpt2":
@@ -133,15 +175,26 @@ def config_from_hf(d: dict, *, dtype=None, where: str = "config.json") -> ModelC
         if dm % nh:
             raise ValueError(f"{where}: n_embd={dm} is not divisible by n_head={nh}")
         return ModelConfig(
-            **common, vocab_size=int(_need(d, "vocab_size", where)), d_model=dm,
-            n_layers=int(_opt(d, "n_layer", _opt(d, "num_hidden_layers", 12))), n_heads=nh, n_kv_heads=nh,
-            head_dim=dm // nh, d_ff=int(_opt(d, "n_inner", 4 * dm)),
+            **common,
+            vocab_size=int(_need(d, "vocab_size", where)),
+            d_model=dm,
+            n_layers=int(_opt(d, "n_layer", _opt(d, "num_hidden_layers", 12))),
+            n_heads=nh,
+            n_kv_heads=nh,
+            head_dim=dm // nh,
+            d_ff=int(_opt(d, "n_inner", 4 * dm)),
             max_seq_len=int(_opt(d, "n_positions", _opt(d, "max_position_embeddings", 1024))),
-            norm_type="layer", norm_eps=float(_opt(d, "layer_norm_epsilon", 1e-5)),
-            activation=_activation(d, "activation_function", "gelu_new", where, family), gated_mlp=False,
-            qkv_bias=True, out_bias=True, mlp_bias=True, position_embedding="learned",
+            norm_type="layer",
+            norm_eps=float(_opt(d, "layer_norm_epsilon", 1e-5)),
+            activation=_activation(d, "activation_function", "gelu_new", where, family),
+            gated_mlp=False,
+            qkv_bias=True,
+            out_bias=True,
+            mlp_bias=True,
+            position_embedding="learned",
             query_pre_attn_scalar=None if _opt(d, "scale_attn_weights", True) else 1.0,
-            tie_embeddings=bool(_opt(d, "tie_word_embeddings", True)))
+            tie_embeddings=bool(_opt(d, "tie_word_embeddings", True)),
+        )
 
     dm = int(_need(d, "hidden_size", where))
     nh = int(_need(d, "num_attention_heads", where))
@@ -149,17 +202,24 @@ def config_from_hf(d: dict, *, dtype=None, where: str = "config.json") -> ModelC
     gemma = family in ("gemma", "gemma2")
     default_head_dim = {"qwen3": 128, "gemma": 256, "gemma2": 256}.get(family, dm // nh)
     kw: dict[str, Any] = dict(
-        vocab_size=int(_need(d, "vocab_size", where)), d_model=dm, n_layers=n_layers, n_heads=nh,
-        n_kv_heads=int(_opt(d, "num_key_value_heads", nh)), head_dim=int(_opt(d, "head_dim", default_head_dim)),
+        vocab_size=int(_need(d, "vocab_size", where)),
+        d_model=dm,
+        n_layers=n_layers,
+        n_heads=nh,
+        n_kv_heads=int(_opt(d, "num_key_value_heads", nh)),
+        head_dim=int(_opt(d, "head_dim", default_head_dim)),
         d_ff=int(_need(d, "intermediate_size", where)),
         max_seq_len=int(_opt(d, "max_position_embeddings", 2048)),
         norm_eps=float(_opt(d, "rms_norm_eps", 1e-6)),
         tie_embeddings=bool(_opt(d, "tie_word_embeddings", gemma)),
-        **_rope_fields(d, where))
+        **_rope_fields(d, where),
+    )
     if family == "gemma2":
         kw["activation"] = _activation(d, "hidden_activation", "gelu_pytorch_tanh", where, family)
     else:
-        kw["activation"] = _activation(d, "hidden_act", "gelu_pytorch_tanh" if gemma else "silu", where, family)
+        kw["activation"] = _activation(
+            d, "hidden_act", "gelu_pytorch_tanh" if gemma else "silu", where, family
+        )
     if family in ("llama", "qwen3", "gemma", "gemma2"):
         kw["qkv_bias"] = kw["out_bias"] = bool(_opt(d, "attention_bias", False))
     if family == "qwen2":
@@ -181,32 +241,51 @@ def config_from_hf(d: dict, *, dtype=None, where: str = "config.json") -> ModelC
             window = _opt(d, "sliding_window", 4096)
             if layer_types is None:
                 mwl = int(_opt(d, "max_window_layers", 28))
-                layer_types = ["sliding_attention" if i >= mwl else "full_attention" for i in range(n_layers)]
+                layer_types = [
+                    "sliding_attention" if i >= mwl else "full_attention" for i in range(n_layers)
+                ]
         elif layer_types is not None and "sliding_attention" in layer_types:
-            raise ValueError(f"{where}: layer_types has sliding_attention but use_sliding_window is false")
+            raise ValueError(
+                f"{where}: layer_types has sliding_attention but use_sliding_window is false"
+            )
     elif family == "gemma2":
         window = _opt(d, "sliding_window", 4096) if "sliding_window" in d else 4096
         if layer_types is None:
-            layer_types = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n_layers)]
-        kw.update(post_norms=True, query_pre_attn_scalar=float(_opt(d, "query_pre_attn_scalar", 256)),
-                  attn_softcap=d["attn_logit_softcapping"] if "attn_logit_softcapping" in d else 50.0,
-                  final_logit_softcap=d["final_logit_softcapping"] if "final_logit_softcapping" in d else 30.0)
+            layer_types = [
+                "sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n_layers)
+            ]
+        kw.update(
+            post_norms=True,
+            query_pre_attn_scalar=float(_opt(d, "query_pre_attn_scalar", 256)),
+            attn_softcap=d["attn_logit_softcapping"] if "attn_logit_softcapping" in d else 50.0,
+            final_logit_softcap=d["final_logit_softcapping"]
+            if "final_logit_softcapping" in d
+            else 30.0,
+        )
     elif layer_types is not None and "sliding_attention" in layer_types:
-        raise ValueError(f"{where}: layer_types with sliding_attention is not supported for model_type {family}")
+        raise ValueError(
+            f"{where}: layer_types with sliding_attention is not supported for model_type {family}"
+        )
     if layer_types is not None:
         bad = [t for t in layer_types if t not in ("full_attention", "sliding_attention")]
         if bad:
-            raise ValueError(f"{where}: layer_types entry {bad[0]!r} is not supported "
-                             "(supported: full_attention, sliding_attention)")
+            raise ValueError(
+                f"{where}: layer_types entry {bad[0]!r} is not supported "
+                "(supported: full_attention, sliding_attention)"
+            )
         if len(layer_types) != n_layers:
-            raise ValueError(f"{where}: layer_types has {len(layer_types)} entries, num_hidden_layers={n_layers}")
+            raise ValueError(
+                f"{where}: layer_types has {len(layer_types)} entries, num_hidden_layers={n_layers}"
+            )
         if window is None or "sliding_attention" not in layer_types:
             layer_types = None
     kw["sliding_window"] = None if window is None else int(window)
     kw["layer_types"] = None if layer_types is None else tuple(layer_types)
     if family == "gemma2":
         kw["attn_softcap"] = None if kw["attn_softcap"] is None else float(kw["attn_softcap"])
-        kw["final_logit_softcap"] = None if kw["final_logit_softcap"] is None else float(kw["final_logit_softcap"])
+        kw["final_logit_softcap"] = (
+            None if kw["final_logit_softcap"] is None else float(kw["final_logit_softcap"])
+        )
     return ModelConfig(**common, **kw)
 
 
@@ -214,32 +293,59 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     """The Hugging Face config dict for `cfg`; raises if the family cannot express `cfg` exactly."""
     f = cfg.family
     if cfg.num_labels and cfg.has_lm_head:
-        raise ValueError("a model with both an LM head and a score head (num_labels > 0, has_lm_head=True) has "
-                         "no Hugging Face architecture; export the policy and the value/reward model separately")
+        raise ValueError(
+            "a model with both an LM head and a score head (num_labels > 0, has_lm_head=True) has "
+            "no Hugging Face architecture; export the policy and the value/reward model separately"
+        )
     arch = _CLASSIFIERS[f] if cfg.num_labels else _ARCHITECTURES[f]
-    d: dict[str, Any] = {"model_type": f, "architectures": [arch], "vocab_size": cfg.vocab_size,
-                         "tie_word_embeddings": cfg.tie_embeddings, "dtype": cfg.param_dtype,
-                         "torch_dtype": cfg.param_dtype}
+    d: dict[str, Any] = {
+        "model_type": f,
+        "architectures": [arch],
+        "vocab_size": cfg.vocab_size,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "dtype": cfg.param_dtype,
+        "torch_dtype": cfg.param_dtype,
+    }
     if cfg.num_labels:
-        d.update(num_labels=cfg.num_labels, id2label={str(i): f"LABEL_{i}" for i in range(cfg.num_labels)},
-                 label2id={f"LABEL_{i}": i for i in range(cfg.num_labels)})
+        d.update(
+            num_labels=cfg.num_labels,
+            id2label={str(i): f"LABEL_{i}" for i in range(cfg.num_labels)},
+            label2id={f"LABEL_{i}": i for i in range(cfg.num_labels)},
+        )
     if f == "gpt2":
-        d.update(n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.d_ff,
-                 n_positions=cfg.max_seq_len, layer_norm_epsilon=cfg.norm_eps,
-                 activation_function="gelu_new" if cfg.activation == "gelu_tanh" else cfg.activation,
-                 scale_attn_weights=cfg.query_pre_attn_scalar is None)
+        d.update(
+            n_embd=cfg.d_model,
+            n_layer=cfg.n_layers,
+            n_head=cfg.n_heads,
+            n_inner=cfg.d_ff,
+            n_positions=cfg.max_seq_len,
+            layer_norm_epsilon=cfg.norm_eps,
+            activation_function="gelu_new" if cfg.activation == "gelu_tanh" else cfg.activation,
+            scale_attn_weights=cfg.query_pre_attn_scalar is None,
+        )
     else:
         rope = {"rope_type": cfg.rope_type, "rope_theta": cfg.rope_theta}
         if cfg.rope_type == "linear":
             rope["factor"] = cfg.rope_factor
         elif cfg.rope_type == "llama3":
-            rope.update(factor=cfg.rope_factor, low_freq_factor=cfg.rope_low_freq_factor,
-                        high_freq_factor=cfg.rope_high_freq_factor,
-                        original_max_position_embeddings=cfg.rope_original_max_len)
-        d.update(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-                 num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, intermediate_size=cfg.d_ff,
-                 max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
-                 rope_parameters=rope, rope_theta=cfg.rope_theta)
+            rope.update(
+                factor=cfg.rope_factor,
+                low_freq_factor=cfg.rope_low_freq_factor,
+                high_freq_factor=cfg.rope_high_freq_factor,
+                original_max_position_embeddings=cfg.rope_original_max_len,
+            )
+        d.update(
+            hidden_size=cfg.d_model,
+            num_hidden_layers=cfg.n_layers,
+            num_attention_heads=cfg.n_heads,
+            num_key_value_heads=cfg.n_kv_heads,
+            head_dim=cfg.head_dim,
+            intermediate_size=cfg.d_ff,
+            max_position_embeddings=cfg.max_seq_len,
+            rms_norm_eps=cfg.norm_eps,
+            rope_parameters=rope,
+            rope_theta=cfg.rope_theta,
+        )
         act = _HF_ACTIVATION[cfg.activation]
         d["hidden_activation" if f == "gemma2" else "hidden_act"] = act
         if f in ("llama", "qwen3", "gemma", "gemma2"):
@@ -252,22 +358,34 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         elif f in ("qwen2", "qwen3"):
             d["use_sliding_window"] = cfg.sliding_window is not None
             d["sliding_window"] = cfg.sliding_window
-            d["layer_types"] = types or ["sliding_attention" if cfg.sliding_window else "full_attention"] * cfg.n_layers
+            d["layer_types"] = (
+                types
+                or ["sliding_attention" if cfg.sliding_window else "full_attention"] * cfg.n_layers
+            )
             d["max_window_layers"] = cfg.n_layers
         elif f == "gemma2":
             qpas = cfg.query_pre_attn_scalar or cfg.head_dim
-            d.update(query_pre_attn_scalar=int(qpas) if float(qpas).is_integer() else qpas,
-                     attn_logit_softcapping=cfg.attn_softcap, final_logit_softcapping=cfg.final_logit_softcap,
-                     sliding_window=cfg.sliding_window or 4096,
-                     layer_types=types or ["sliding_attention" if cfg.sliding_window else "full_attention"]
-                     * cfg.n_layers)
+            d.update(
+                query_pre_attn_scalar=int(qpas) if float(qpas).is_integer() else qpas,
+                attn_logit_softcapping=cfg.attn_softcap,
+                final_logit_softcapping=cfg.final_logit_softcap,
+                sliding_window=cfg.sliding_window or 4096,
+                layer_types=types
+                or ["sliding_attention" if cfg.sliding_window else "full_attention"] * cfg.n_layers,
+            )
     # The export must describe exactly this model: parse it back and compare.
     back = config_from_hf(d, dtype=cfg.param_dtype)
     exec_fields = {k: getattr(cfg, k) for k in _EXECUTION_FIELDS}
     back = dataclasses.replace(back, **exec_fields)
     if back != cfg:
-        diff = [fl.name for fl in dataclasses.fields(cfg) if getattr(back, fl.name) != getattr(cfg, fl.name)]
-        raise ValueError(f"ModelConfig fields {diff} cannot be expressed by Hugging Face model_type {f!r}")
+        diff = [
+            fl.name
+            for fl in dataclasses.fields(cfg)
+            if getattr(back, fl.name) != getattr(cfg, fl.name)
+        ]
+        raise ValueError(
+            f"ModelConfig fields {diff} cannot be expressed by Hugging Face model_type {f!r}"
+        )
     return d
 
 
@@ -279,6 +397,7 @@ class _Entry:
     `to_ours` maps the HF tensor (or, for fused tensors, its `part` of `nparts` along the last
     axis) to our layout; `to_hf` is its inverse.
     """
+
     ours: tuple[str, ...]
     hf: str
     to_ours: Callable
@@ -301,67 +420,104 @@ def _layout(cfg: ModelConfig) -> tuple[list[_Entry], list[_Entry]]:
 
     if cfg.family == "gpt2":
         p = "transformer."
-        glob = [_Entry(("embed",), p + "wte.weight", *ident), _Entry(("pos_embed",), p + "wpe.weight", *ident),
-                _Entry(("final_norm", "scale"), p + "ln_f.weight", *ident),
-                _Entry(("final_norm", "bias"), p + "ln_f.bias", *ident)]
+        glob = [
+            _Entry(("embed",), p + "wte.weight", *ident),
+            _Entry(("pos_embed",), p + "wpe.weight", *ident),
+            _Entry(("final_norm", "scale"), p + "ln_f.weight", *ident),
+            _Entry(("final_norm", "bias"), p + "ln_f.bias", *ident),
+        ]
         if not cfg.tie_embeddings and cfg.has_lm_head:
             glob.append(_Entry(("lm_head",), "lm_head.weight", *T))
         if cfg.num_labels:
             glob.append(_Entry(("score",), "score.weight", *T))
         lp = p + "h.{i}."
-        conv_heads = (lambda x: x.reshape(d, n, h), lambda x: x.reshape(d, n * h))  # Conv1D is [in, out]
-        layer = [_Entry(("attn_norm", "scale"), lp + "ln_1.weight", *ident),
-                 _Entry(("attn_norm", "bias"), lp + "ln_1.bias", *ident),
-                 _Entry(("mlp_norm", "scale"), lp + "ln_2.weight", *ident),
-                 _Entry(("mlp_norm", "bias"), lp + "ln_2.bias", *ident),
-                 _Entry(("attn", "o"), lp + "attn.c_proj.weight", lambda x: x.reshape(n, h, d),
-                        lambda x: x.reshape(n * h, d)),
-                 _Entry(("attn", "o_bias"), lp + "attn.c_proj.bias", *ident),
-                 _Entry(("mlp", "up"), lp + "mlp.c_fc.weight", *ident),
-                 _Entry(("mlp", "up_bias"), lp + "mlp.c_fc.bias", *ident),
-                 _Entry(("mlp", "down"), lp + "mlp.c_proj.weight", *ident),
-                 _Entry(("mlp", "down_bias"), lp + "mlp.c_proj.bias", *ident)]
+        conv_heads = (
+            lambda x: x.reshape(d, n, h),
+            lambda x: x.reshape(d, n * h),
+        )  # Conv1D is [in, out]
+        layer = [
+            _Entry(("attn_norm", "scale"), lp + "ln_1.weight", *ident),
+            _Entry(("attn_norm", "bias"), lp + "ln_1.bias", *ident),
+            _Entry(("mlp_norm", "scale"), lp + "ln_2.weight", *ident),
+            _Entry(("mlp_norm", "bias"), lp + "ln_2.bias", *ident),
+            _Entry(
+                ("attn", "o"),
+                lp + "attn.c_proj.weight",
+                lambda x: x.reshape(n, h, d),
+                lambda x: x.reshape(n * h, d),
+            ),
+            _Entry(("attn", "o_bias"), lp + "attn.c_proj.bias", *ident),
+            _Entry(("mlp", "up"), lp + "mlp.c_fc.weight", *ident),
+            _Entry(("mlp", "up_bias"), lp + "mlp.c_fc.bias", *ident),
+            _Entry(("mlp", "down"), lp + "mlp.c_proj.weight", *ident),
+            _Entry(("mlp", "down_bias"), lp + "mlp.c_proj.bias", *ident),
+        ]
         for j, name in enumerate("qkv"):
-            layer.append(_Entry(("attn", name), lp + "attn.c_attn.weight", *conv_heads, part=j, nparts=3))
-            layer.append(_Entry(("attn", name + "_bias"), lp + "attn.c_attn.bias", *heads_bias(n), part=j,
-                                nparts=3))
+            layer.append(
+                _Entry(("attn", name), lp + "attn.c_attn.weight", *conv_heads, part=j, nparts=3)
+            )
+            layer.append(
+                _Entry(
+                    ("attn", name + "_bias"),
+                    lp + "attn.c_attn.bias",
+                    *heads_bias(n),
+                    part=j,
+                    nparts=3,
+                )
+            )
         return glob, layer
 
-    glob = [_Entry(("embed",), "model.embed_tokens.weight", *ident),
-            _Entry(("final_norm", "scale"), "model.norm.weight", *ident)]
+    glob = [
+        _Entry(("embed",), "model.embed_tokens.weight", *ident),
+        _Entry(("final_norm", "scale"), "model.norm.weight", *ident),
+    ]
     if not cfg.tie_embeddings and cfg.has_lm_head:
         glob.append(_Entry(("lm_head",), "lm_head.weight", *T))
     if cfg.num_labels:
         glob.append(_Entry(("score",), "score.weight", *T))
     lp = "model.layers.{i}."
-    layer = [_Entry(("attn", "q"), lp + "self_attn.q_proj.weight", *heads_in(n)),
-             _Entry(("attn", "k"), lp + "self_attn.k_proj.weight", *heads_in(k)),
-             _Entry(("attn", "v"), lp + "self_attn.v_proj.weight", *heads_in(k)),
-             _Entry(("attn", "o"), lp + "self_attn.o_proj.weight", lambda x: x.T.reshape(n, h, d),
-                    lambda x: x.reshape(n * h, d).T),
-             _Entry(("mlp", "up"), lp + "mlp.up_proj.weight", *T),
-             _Entry(("mlp", "down"), lp + "mlp.down_proj.weight", *T),
-             _Entry(("attn_norm", "scale"), lp + "input_layernorm.weight", *ident)]
+    layer = [
+        _Entry(("attn", "q"), lp + "self_attn.q_proj.weight", *heads_in(n)),
+        _Entry(("attn", "k"), lp + "self_attn.k_proj.weight", *heads_in(k)),
+        _Entry(("attn", "v"), lp + "self_attn.v_proj.weight", *heads_in(k)),
+        _Entry(
+            ("attn", "o"),
+            lp + "self_attn.o_proj.weight",
+            lambda x: x.T.reshape(n, h, d),
+            lambda x: x.reshape(n * h, d).T,
+        ),
+        _Entry(("mlp", "up"), lp + "mlp.up_proj.weight", *T),
+        _Entry(("mlp", "down"), lp + "mlp.down_proj.weight", *T),
+        _Entry(("attn_norm", "scale"), lp + "input_layernorm.weight", *ident),
+    ]
     if cfg.gated_mlp:
         layer.append(_Entry(("mlp", "gate"), lp + "mlp.gate_proj.weight", *T))
     if cfg.qkv_bias:
-        layer += [_Entry(("attn", "q_bias"), lp + "self_attn.q_proj.bias", *heads_bias(n)),
-                  _Entry(("attn", "k_bias"), lp + "self_attn.k_proj.bias", *heads_bias(k)),
-                  _Entry(("attn", "v_bias"), lp + "self_attn.v_proj.bias", *heads_bias(k))]
+        layer += [
+            _Entry(("attn", "q_bias"), lp + "self_attn.q_proj.bias", *heads_bias(n)),
+            _Entry(("attn", "k_bias"), lp + "self_attn.k_proj.bias", *heads_bias(k)),
+            _Entry(("attn", "v_bias"), lp + "self_attn.v_proj.bias", *heads_bias(k)),
+        ]
     if cfg.out_bias:
         layer.append(_Entry(("attn", "o_bias"), lp + "self_attn.o_proj.bias", *ident))
     if cfg.mlp_bias:
-        layer += [_Entry(("mlp", "up_bias"), lp + "mlp.up_proj.bias", *ident),
-                  _Entry(("mlp", "down_bias"), lp + "mlp.down_proj.bias", *ident)]
+        layer += [
+            _Entry(("mlp", "up_bias"), lp + "mlp.up_proj.bias", *ident),
+            _Entry(("mlp", "down_bias"), lp + "mlp.down_proj.bias", *ident),
+        ]
         if cfg.gated_mlp:
             layer.append(_Entry(("mlp", "gate_bias"), lp + "mlp.gate_proj.bias", *ident))
     if cfg.qk_norm:
-        layer += [_Entry(("attn", "q_norm", "scale"), lp + "self_attn.q_norm.weight", *ident),
-                  _Entry(("attn", "k_norm", "scale"), lp + "self_attn.k_norm.weight", *ident)]
+        layer += [
+            _Entry(("attn", "q_norm", "scale"), lp + "self_attn.q_norm.weight", *ident),
+            _Entry(("attn", "k_norm", "scale"), lp + "self_attn.k_norm.weight", *ident),
+        ]
     if cfg.post_norms:
-        layer += [_Entry(("attn_post_norm", "scale"), lp + "post_attention_layernorm.weight", *ident),
-                  _Entry(("mlp_norm", "scale"), lp + "pre_feedforward_layernorm.weight", *ident),
-                  _Entry(("mlp_post_norm", "scale"), lp + "post_feedforward_layernorm.weight", *ident)]
+        layer += [
+            _Entry(("attn_post_norm", "scale"), lp + "post_attention_layernorm.weight", *ident),
+            _Entry(("mlp_norm", "scale"), lp + "pre_feedforward_layernorm.weight", *ident),
+            _Entry(("mlp_post_norm", "scale"), lp + "post_feedforward_layernorm.weight", *ident),
+        ]
     else:
         layer.append(_Entry(("mlp_norm", "scale"), lp + "post_attention_layernorm.weight", *ident))
     return glob, layer
@@ -389,13 +545,17 @@ class _Checkpoint:
         elif single.exists():
             weight_map = None
         else:
-            raise FileNotFoundError(f"{folder}: neither model.safetensors nor model.safetensors.index.json found")
+            raise FileNotFoundError(
+                f"{folder}: neither model.safetensors nor model.safetensors.index.json found"
+            )
         self._files: dict[str, Any] = {}
         self.location: dict[str, str] = {}
         names = sorted(set(weight_map.values())) if weight_map else ["model.safetensors"]
         for fname in names:
             if not (folder / fname).exists():
-                raise FileNotFoundError(f"{folder / fname} (listed in model.safetensors.index.json) is missing")
+                raise FileNotFoundError(
+                    f"{folder / fname} (listed in model.safetensors.index.json) is missing"
+                )
             handle = safe_open(str(folder / fname), framework="numpy")
             self._files[fname] = handle
             for key in handle.keys():
@@ -464,30 +624,37 @@ def from_pretrained(path, *, dtype=None, mesh=None, num_labels=None, **execution
         used.add(key)
         want = _expected_hf_shape(entry, our_shape)
         if ckpt.shape(key) != want:
-            raise ValueError(f"{folder}: tensor {name!r} has shape {ckpt.shape(key)} but config.json implies {want}")
+            raise ValueError(
+                f"{folder}: tensor {name!r} has shape {ckpt.shape(key)} but config.json implies {want}"
+            )
         x = ckpt.get(key)
         if entry.nparts > 1:
             w = x.shape[-1] // entry.nparts
-            x = x[..., entry.part * w:(entry.part + 1) * w]
+            x = x[..., entry.part * w : (entry.part + 1) * w]
         return np.ascontiguousarray(entry.to_ours(x)).astype(np_dtype)
 
     def load(path, var):
         i, key = _split_path(path, cfg)
         if key not in entries:
-            raise ValueError(f"internal: parameter {'/'.join(map(str, path))} has no Hugging Face name "
-                             f"for model_type {cfg.family}")
+            raise ValueError(
+                f"internal: parameter {'/'.join(map(str, path))} has no Hugging Face name "
+                f"for model_type {cfg.family}"
+            )
         entry = entries[key]
         shape = tuple(var.get_value().shape)
         if i == -1:  # stacked over layers: a shard reads just the layers it holds
+
             def host(index):
                 layers = range(cfg.n_layers)[index[0]]
                 return np.stack([read(entry, j, shape[1:])[index[1:]] for j in layers])
+
             full = None
         else:
             full = read(entry, i, shape)
 
             def host(index):
                 return full[index]
+
         if mesh is None:
             value = jax.device_put(full if full is not None else host((slice(None),) * len(shape)))
         else:
@@ -495,18 +662,26 @@ def from_pretrained(path, *, dtype=None, mesh=None, num_labels=None, **execution
         return var.replace(value=value)
 
     state = nnx.map_state(load, abstract_state)
-    ignored = {ckpt.resolve("lm_head.weight")} if cfg.tie_embeddings or not cfg.has_lm_head else set()
-    unused = sorted(k for k in ckpt.location if k not in used and k not in ignored
-                    and not k.endswith(_IGNORED_SUFFIXES))
+    ignored = (
+        {ckpt.resolve("lm_head.weight")} if cfg.tie_embeddings or not cfg.has_lm_head else set()
+    )
+    unused = sorted(
+        k
+        for k in ckpt.location
+        if k not in used and k not in ignored and not k.endswith(_IGNORED_SUFFIXES)
+    )
     if unused:
-        raise ValueError(f"{folder}: checkpoint tensors {unused[:5]} are not used by a {cfg.family} model with this "
-                         "config (unsupported option?)")
+        raise ValueError(
+            f"{folder}: checkpoint tensors {unused[:5]} are not used by a {cfg.family} model with this "
+            "config (unsupported option?)"
+        )
     return nnx.merge(graphdef, state)
 
 
 # ------------------------------------------------------------------------------------------ writing
-def save_pretrained(model: Transformer, path, *, max_shard_bytes: int = 4 * 2**30,
-                    pad_token_id: int | None = None) -> None:
+def save_pretrained(
+    model: Transformer, path, *, max_shard_bytes: int = 4 * 2**30, pad_token_id: int | None = None
+) -> None:
     """Writes config.json + model.safetensors (sharded with an index past `max_shard_bytes`).
 
     pad_token_id goes into config.json: transformers' *ForSequenceClassification needs it to
@@ -537,7 +712,10 @@ def save_pretrained(model: Transformer, path, *, max_shard_bytes: int = 4 * 2**3
                 else:
                     parts.setdefault(name, {})[entry.part] = out
                     if len(parts[name]) == entry.nparts:
-                        yield name, np.concatenate([parts[name][p] for p in range(entry.nparts)], axis=-1)
+                        yield (
+                            name,
+                            np.concatenate([parts[name][p] for p in range(entry.nparts)], axis=-1),
+                        )
                         del parts[name]
 
     shards: list[dict[str, np.ndarray]] = [{}]
@@ -560,4 +738,5 @@ def save_pretrained(model: Transformer, path, *, max_shard_bytes: int = 4 * 2**3
         weight_map.update({k: fname for k in shard})
     total = sum(a.nbytes for shard in shards for a in shard.values())
     (folder / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )

@@ -72,13 +72,18 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
     Computed in float32 like the Hugging Face reference so positions round identically.
     """
     h = cfg.head_dim
-    inv = (1.0 / (np.float32(cfg.rope_theta) ** (np.arange(0, h, 2, dtype=np.float32) / np.float32(h))))
+    inv = 1.0 / (
+        np.float32(cfg.rope_theta) ** (np.arange(0, h, 2, dtype=np.float32) / np.float32(h))
+    )
     inv = inv.astype(np.float32)
     if cfg.rope_type == "linear":
         inv = inv / np.float32(cfg.rope_factor)
     elif cfg.rope_type == "llama3":
-        factor, lo, hi = (np.float32(cfg.rope_factor), np.float32(cfg.rope_low_freq_factor),
-                          np.float32(cfg.rope_high_freq_factor))
+        factor, lo, hi = (
+            np.float32(cfg.rope_factor),
+            np.float32(cfg.rope_low_freq_factor),
+            np.float32(cfg.rope_high_freq_factor),
+        )
         old = np.float32(cfg.rope_original_max_len)
         wavelen = np.float32(2 * math.pi) / inv
         scaled = np.where(wavelen > old / lo, inv / factor, inv)
@@ -110,9 +115,12 @@ def apply_rope(x, cos, sin):
 
 
 def _activation(name: str):
-    return {"silu": jax.nn.silu, "relu": jax.nn.relu,
-            "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-            "gelu": lambda x: jax.nn.gelu(x, approximate=False)}[name]
+    return {
+        "silu": jax.nn.silu,
+        "relu": jax.nn.relu,
+        "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    }[name]
 
 
 def attend(q, k, v, allowed, *, scale: float, softcap: float | None, impl: str):
@@ -126,12 +134,15 @@ def attend(q, k, v, allowed, *, scale: float, softcap: float | None, impl: str):
         impl = "einsum" if jax.default_backend() == "cpu" else "fused"
     if impl == "fused" and softcap is None:
         # cuDNN/XLA fused kernel where available; same masking semantics (finite mask value).
-        return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=allowed_BxTxS[:, None],
-                                            scale=scale)
+        return jax.nn.dot_product_attention(
+            q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=allowed_BxTxS[:, None], scale=scale
+        )
     b, t, n, h = q_BxTxNxH.shape
     k = k_BxSxKxH.shape[2]
     q = q_BxTxNxH.reshape(b, t, k, n // k, h)
-    s_BxKxGxTxS = jnp.einsum("btkgh,bskh->bkgts", q, k_BxSxKxH, preferred_element_type=jnp.float32) * scale
+    s_BxKxGxTxS = (
+        jnp.einsum("btkgh,bskh->bkgts", q, k_BxSxKxH, preferred_element_type=jnp.float32) * scale
+    )
     if softcap is not None:
         s_BxKxGxTxS = jnp.tanh(s_BxKxGxTxS / softcap) * softcap
     s_BxKxGxTxS = jnp.where(allowed_BxTxS[:, None, None], s_BxKxGxTxS, _MASK_VALUE)
@@ -183,13 +194,18 @@ class Attention(nnx.Module):
         new_kv = None
         if kv is not None:
             k_cache, v_cache = kv
-            k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
-            v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+            k_cache = jax.lax.dynamic_update_slice(
+                k_cache, k.astype(k_cache.dtype), (0, index, 0, 0)
+            )
+            v_cache = jax.lax.dynamic_update_slice(
+                v_cache, v.astype(v_cache.dtype), (0, index, 0, 0)
+            )
             new_kv = (k_cache, v_cache)
             k, v = k_cache.astype(dtype), v_cache.astype(dtype)
         scale = (cfg.query_pre_attn_scalar or cfg.head_dim) ** -0.5
-        out = attend(q, k, v, allowed, scale=scale, softcap=cfg.attn_softcap,
-                     impl=cfg.attention_impl)
+        out = attend(
+            q, k, v, allowed, scale=scale, softcap=cfg.attn_softcap, impl=cfg.attention_impl
+        )
         y = jnp.einsum("btnh,nhd->btd", out, self.o[...].astype(dtype))
         if cfg.out_bias:
             y = y + self.o_bias[...].astype(dtype)
@@ -256,8 +272,9 @@ class Block(nnx.Module):
         x_BxTxD = x
         # Sliding window on positions: a query sees keys with pos_q - pos_k < window.
         allowed_BxTxS = allowed & (dist < window)
-        h, new_kv = self.attn(self.attn_norm(x_BxTxD), rope=rope, allowed=allowed_BxTxS, kv=kv,
-                              index=index)
+        h, new_kv = self.attn(
+            self.attn_norm(x_BxTxD), rope=rope, allowed=allowed_BxTxS, kv=kv, index=index
+        )
         if self.cfg.post_norms:
             h = self.attn_post_norm(h)
         x_BxTxD = x_BxTxD + h

@@ -15,6 +15,7 @@ Masked positions are exactly 0 (selected with `where`, so labels there may be an
 -100). An unmasked label outside [0, V) gives NaN, so a data bug surfaces in the loss instead of
 reading a clamped, wrong token.
 """
+
 from __future__ import annotations
 
 import jax
@@ -30,8 +31,9 @@ def _softcap(logits, softcap):
 def _label_logprobs(logits_NxV, labels_N, return_entropy):
     """log-softmax at the labels (and the entropy) from float32 logits."""
     lse_N = jax.nn.logsumexp(logits_NxV, axis=-1)
-    label_logit_N = jnp.take_along_axis(logits_NxV, labels_N[..., None], axis=-1, mode="fill",
-                                        fill_value=jnp.nan)[..., 0]
+    label_logit_N = jnp.take_along_axis(
+        logits_NxV, labels_N[..., None], axis=-1, mode="fill", fill_value=jnp.nan
+    )[..., 0]
     logps_N = label_logit_N - lse_N
     if not return_entropy:
         return logps_N, None
@@ -42,8 +44,10 @@ def _label_logprobs(logits_NxV, labels_N, return_entropy):
 
 def _check_shapes(fn, labels_BxT, mask_BxT, leading):
     if labels_BxT.ndim != 2 or labels_BxT.shape != leading:
-        raise ValueError(f"{fn}: labels shape {labels_BxT.shape} must equal the leading [B, T] = "
-                         f"{leading} of the logits/hidden states")
+        raise ValueError(
+            f"{fn}: labels shape {labels_BxT.shape} must equal the leading [B, T] = "
+            f"{leading} of the logits/hidden states"
+        )
     if mask_BxT is not None and mask_BxT.shape != leading:
         raise ValueError(f"{fn}: mask shape {mask_BxT.shape} must equal {leading}")
     if not jnp.issubdtype(labels_BxT.dtype, jnp.integer):
@@ -70,8 +74,17 @@ def naive_token_logprobs(logits, labels, mask=None, *, softcap=None, return_entr
     return (logps, _apply_mask(entropy, mask_BxT)) if return_entropy else logps
 
 
-def token_logprobs(hidden, unembed, labels, mask=None, *, chunk_size=DEFAULT_CHUNK_SIZE,
-                   softcap=None, return_entropy=False, remat=True):
+def token_logprobs(
+    hidden,
+    unembed,
+    labels,
+    mask=None,
+    *,
+    chunk_size=DEFAULT_CHUNK_SIZE,
+    softcap=None,
+    return_entropy=False,
+    remat=True,
+):
     """log p(labels_t | h_t) with logits `h_t W` computed `chunk_size` positions at a time.
 
     Equal to `naive_token_logprobs(einsum(h, W), ...)` (float32 accumulation, optional final
@@ -130,8 +143,18 @@ def shift_to_tokens(values, mask):
     return jnp.where(mask.astype(bool), out_BxT, 0.0)
 
 
-def model_logprobs(model, input_ids, attention_mask, loss_mask, *, segment_ids=None, positions=None,
-                   chunk_size=DEFAULT_CHUNK_SIZE, return_entropy=False, remat=True):
+def model_logprobs(
+    model,
+    input_ids,
+    attention_mask,
+    loss_mask,
+    *,
+    segment_ids=None,
+    positions=None,
+    chunk_size=DEFAULT_CHUNK_SIZE,
+    return_entropy=False,
+    remat=True,
+):
     """Per-token log-probs of `input_ids` under `model`, in the project convention.
 
     logps_BxT[:, t] = log p(x_t | x_<t) * loss_mask[:, t] for t >= 1, and 0 at t = 0. Positions
@@ -146,23 +169,38 @@ def model_logprobs(model, input_ids, attention_mask, loss_mask, *, segment_ids=N
     if attention_mask is None:
         attention_mask = jnp.ones_like(input_ids)
     attention_mask, loss_mask = jnp.asarray(attention_mask), jnp.asarray(loss_mask)
-    for name, arr in (("attention_mask", attention_mask), ("loss_mask", loss_mask),
-                      ("segment_ids", segment_ids), ("positions", positions)):
+    for name, arr in (
+        ("attention_mask", attention_mask),
+        ("loss_mask", loss_mask),
+        ("segment_ids", segment_ids),
+        ("positions", positions),
+    ):
         if arr is not None and jnp.shape(arr) != input_ids.shape:
-            raise ValueError(f"model_logprobs: {name} shape {jnp.shape(arr)} != input_ids shape "
-                             f"{input_ids.shape}")
-    hidden_BxTxD = model(input_ids, attention_mask, positions=positions, segment_ids=segment_ids,
-                         return_hidden=True)
+            raise ValueError(
+                f"model_logprobs: {name} shape {jnp.shape(arr)} != input_ids shape "
+                f"{input_ids.shape}"
+            )
+    hidden_BxTxD = model(
+        input_ids, attention_mask, positions=positions, segment_ids=segment_ids, return_hidden=True
+    )
     valid_BxT = loss_mask.astype(bool) & attention_mask.astype(bool)
     valid_BxT = valid_BxT.at[:, 1:].set(valid_BxT[:, 1:] & attention_mask[:, :-1].astype(bool))
     if segment_ids is not None:
         segment_ids = jnp.asarray(segment_ids)
-        valid_BxT = valid_BxT.at[:, 1:].set(valid_BxT[:, 1:] & (segment_ids[:, 1:] == segment_ids[:, :-1]))
+        valid_BxT = valid_BxT.at[:, 1:].set(
+            valid_BxT[:, 1:] & (segment_ids[:, 1:] == segment_ids[:, :-1])
+        )
     valid_BxT = valid_BxT.at[:, 0].set(False)
-    out = token_logprobs(hidden_BxTxD[:, :-1], model.unembed_weight(), input_ids[:, 1:],
-                         valid_BxT[:, 1:], chunk_size=chunk_size,
-                         softcap=model.config.final_logit_softcap, return_entropy=return_entropy,
-                         remat=remat)
+    out = token_logprobs(
+        hidden_BxTxD[:, :-1],
+        model.unembed_weight(),
+        input_ids[:, 1:],
+        valid_BxT[:, 1:],
+        chunk_size=chunk_size,
+        softcap=model.config.final_logit_softcap,
+        return_entropy=return_entropy,
+        remat=remat,
+    )
     if return_entropy:
         return shift_to_tokens(out[0], valid_BxT), shift_to_tokens(out[1], valid_BxT)
     return shift_to_tokens(out, valid_BxT)

@@ -17,8 +17,8 @@ import numpy as np
 from flax import nnx
 
 from alignment.models.config import ModelConfig
-from alignment.sharding import state_shardings
 from alignment.models.layers import NO_WINDOW, Block, Norm, _param, dtype_of, rope_tables
+from alignment.sharding import state_shardings
 
 _REMAT_POLICIES = {
     "full": None,
@@ -43,8 +43,10 @@ def _check_ids(ids_BxT, vocab_size: int, name: str = "input_ids"):
     bad = (ids < 0) | (ids >= vocab_size)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{name} contains token id {int(ids[where])} at (row, col) {where}, outside the "
-                         f"vocabulary [0, {vocab_size})")
+        raise ValueError(
+            f"{name} contains token id {int(ids[where])} at (row, col) {where}, outside the "
+            f"vocabulary [0, {vocab_size})"
+        )
 
 
 def _stacked_blocks(cfg: ModelConfig, keys):
@@ -57,8 +59,11 @@ def _stacked_blocks(cfg: ModelConfig, keys):
         return state
 
     state = jax.vmap(one)(keys)
-    state = jax.tree.map(lambda v: v.replace(logical_axes=("layers",) + tuple(v.get_metadata()["logical_axes"])),
-                         state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    state = jax.tree.map(
+        lambda v: v.replace(logical_axes=("layers",) + tuple(v.get_metadata()["logical_axes"])),
+        state,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
     return nnx.merge(graphdef[0], state)
 
 
@@ -69,12 +74,16 @@ class Transformer(nnx.Module):
         cfg = self.config = config
         self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg)
         if cfg.position_embedding == "learned":
-            self.pos_embed = _param(rngs, (cfg.max_seq_len, cfg.d_model), ("position", "embed"), cfg)
+            self.pos_embed = _param(
+                rngs, (cfg.max_seq_len, cfg.d_model), ("position", "embed"), cfg
+            )
         keys = jax.random.split(rngs.params(), cfg.n_layers)
         if cfg.scan_layers:
             self.layers = _stacked_blocks(cfg, keys)
         else:
-            self.layers = nnx.List([Block(cfg, rngs=nnx.Rngs(params=keys[i])) for i in range(cfg.n_layers)])
+            self.layers = nnx.List(
+                [Block(cfg, rngs=nnx.Rngs(params=keys[i])) for i in range(cfg.n_layers)]
+            )
         self.final_norm = Norm(cfg.d_model, cfg)
         if not cfg.tie_embeddings and cfg.has_lm_head:
             self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg)
@@ -87,15 +96,21 @@ class Transformer(nnx.Module):
         cfg = self.config
         dtype = dtype_of(cfg.dtype) if dtype is None else jnp.dtype(dtype)
         shape = (cfg.n_layers, batch_size, max_len, cfg.n_kv_heads, cfg.head_dim)
-        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-                "pos": jnp.full((batch_size, max_len), -1, jnp.int32), "index": jnp.zeros((), jnp.int32)}
+        return {
+            "k": jnp.zeros(shape, dtype),
+            "v": jnp.zeros(shape, dtype),
+            "pos": jnp.full((batch_size, max_len), -1, jnp.int32),
+            "index": jnp.zeros((), jnp.int32),
+        }
 
     # ---------------------------------------------------------------- head
     def unembed_weight(self):
         """[D, V] output projection in the compute dtype (tied embedding transposed, or lm_head)."""
         if not self.config.tie_embeddings and not self.config.has_lm_head:
-            raise ValueError("this model has no LM head (has_lm_head=False, e.g. a reward model): it gives "
-                             "scores (alignment.models.sequence_scores), not logits")
+            raise ValueError(
+                "this model has no LM head (has_lm_head=False, e.g. a reward model): it gives "
+                "scores (alignment.models.sequence_scores), not logits"
+            )
         w = self.embed[...].T if self.config.tie_embeddings else self.lm_head[...]
         return w.astype(dtype_of(self.config.dtype))
 
@@ -105,8 +120,9 @@ class Transformer(nnx.Module):
 
         hidden: [..., D] (e.g. [B, T, D]); returns [..., V].
         """
-        logits = jnp.einsum("...d,dv->...v", hidden, self.unembed_weight(),
-                            preferred_element_type=jnp.float32)
+        logits = jnp.einsum(
+            "...d,dv->...v", hidden, self.unembed_weight(), preferred_element_type=jnp.float32
+        )
         cap = self.config.final_logit_softcap
         if cap is not None:
             logits = jnp.tanh(logits / cap) * cap
@@ -120,12 +136,19 @@ class Transformer(nnx.Module):
         if not self.config.num_labels:
             raise ValueError("this model has no score head (ModelConfig.num_labels=0)")
         w = self.score[...].astype(dtype_of(self.config.dtype))
-        return jnp.einsum("...d,dl->...l", hidden, w,
-                          preferred_element_type=jnp.float32)
+        return jnp.einsum("...d,dl->...l", hidden, w, preferred_element_type=jnp.float32)
 
     # ---------------------------------------------------------------- forward
-    def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None,
-                 cache=None, return_hidden=False):
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        *,
+        positions=None,
+        segment_ids=None,
+        cache=None,
+        return_hidden=False,
+    ):
         """Logits [B, T, V] float32 (or final normed hidden [B, T, D]); with `cache`, also the new cache.
 
         input_ids: [B, T] int token ids.
@@ -148,20 +171,28 @@ class Transformer(nnx.Module):
         else:
             mask_BxT = jnp.asarray(attention_mask).astype(bool)
             if mask_BxT.shape != (b, t):
-                raise ValueError(f"attention_mask shape {mask_BxT.shape} != input_ids shape {(b, t)}")
+                raise ValueError(
+                    f"attention_mask shape {mask_BxT.shape} != input_ids shape {(b, t)}"
+                )
         if cache is not None and segment_ids is not None:
-            raise ValueError("segment_ids (packed sequences) are not supported together with a KV cache")
+            raise ValueError(
+                "segment_ids (packed sequences) are not supported together with a KV cache"
+            )
 
         if cache is not None:
             s = cache["k"].shape[2]
             index = jnp.asarray(cache["index"], jnp.int32)
             idx = _concrete(index)
             if idx is not None and int(idx) + t > s:
-                raise ValueError(f"KV cache overflow: writing {t} tokens at slot {int(idx)} of a cache with "
-                                 f"max_len {s}")
+                raise ValueError(
+                    f"KV cache overflow: writing {t} tokens at slot {int(idx)} of a cache with "
+                    f"max_len {s}"
+                )
             if cache["pos"].shape != (b, s) or cache["k"].shape[:2] != (cfg.n_layers, b):
-                raise ValueError(f"cache shapes k {cache['k'].shape}, pos {cache['pos'].shape} do not match "
-                                 f"n_layers {cfg.n_layers} and batch {b}")
+                raise ValueError(
+                    f"cache shapes k {cache['k'].shape}, pos {cache['pos'].shape} do not match "
+                    f"n_layers {cfg.n_layers} and batch {b}"
+                )
         positions_BxT = positions
         if positions_BxT is None:
             positions_BxT = jnp.maximum(jnp.cumsum(mask_BxT, axis=1, dtype=jnp.int32) - 1, 0)
@@ -171,8 +202,10 @@ class Transformer(nnx.Module):
         if cfg.position_embedding == "learned":
             pos = _concrete(positions_BxT)
             if pos is not None and pos.size and (pos.min() < 0 or pos.max() >= cfg.max_seq_len):
-                raise ValueError(f"positions must lie in [0, max_seq_len={cfg.max_seq_len}) for learned "
-                                 f"position embeddings, got range [{pos.min()}, {pos.max()}]")
+                raise ValueError(
+                    f"positions must lie in [0, max_seq_len={cfg.max_seq_len}) for learned "
+                    f"position embeddings, got range [{pos.min()}, {pos.max()}]"
+                )
 
         # Keys are described by their slot and position; pos = -1 marks padding / empty slots.
         new_pos_BxT = jnp.where(mask_BxT, positions_BxT, -1)
@@ -184,7 +217,9 @@ class Transformer(nnx.Module):
             index = None
             k_pos_BxS = new_pos_BxT
             q_slot_T = k_slot_S = jnp.arange(t, dtype=jnp.int32)
-        allowed_BxTxS = (k_slot_S[None, None, :] <= q_slot_T[None, :, None]) & (k_pos_BxS[:, None, :] >= 0)
+        allowed_BxTxS = (k_slot_S[None, None, :] <= q_slot_T[None, :, None]) & (
+            k_pos_BxS[:, None, :] >= 0
+        )
         if segment_ids is not None:
             seg = jnp.asarray(segment_ids)
             allowed_BxTxS = allowed_BxTxS & (seg[:, :, None] == seg[:, None, :])
@@ -198,8 +233,9 @@ class Transformer(nnx.Module):
             x = x + jnp.take(self.pos_embed[...], positions_BxT, axis=0).astype(dtype)
         rope = rope_tables(positions_BxT, cfg) if cfg.position_embedding == "rope" else None
 
-        x, new_k, new_v = self._run_layers(x, rope=rope, allowed=allowed_BxTxS, dist=dist_BxTxS,
-                                           cache=cache, index=index)
+        x, new_k, new_v = self._run_layers(
+            x, rope=rope, allowed=allowed_BxTxS, dist=dist_BxTxS, cache=cache, index=index
+        )
         hidden = self.final_norm(x)
         out = hidden if return_hidden else self.logits_from_hidden(hidden)
         if cache is None:
@@ -212,14 +248,17 @@ class Transformer(nnx.Module):
         def make_layer(graphdef):
             def layer(state, x, window, kv):
                 block = nnx.merge(graphdef, state)
-                return block(x, rope=rope, allowed=allowed, dist=dist, window=window, kv=kv,
-                             index=index)
+                return block(
+                    x, rope=rope, allowed=allowed, dist=dist, window=window, kv=kv, index=index
+                )
 
             if cfg.remat_policy == "none":
                 return layer
             # Inside scan the loop already blocks CSE, so prevent_cse is only needed unrolled.
-            return jax.checkpoint(layer, policy=_REMAT_POLICIES[cfg.remat_policy],
-                                  prevent_cse=not cfg.scan_layers)
+            return jax.checkpoint(
+                layer, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers
+            )
+
         windows = [NO_WINDOW if w is None else w for w in cfg.windows]
 
         if cfg.scan_layers:

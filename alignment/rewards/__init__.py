@@ -29,6 +29,7 @@ def _scaled(fn: RewardFn, scale: float) -> RewardFn:
 
     def reward(inputs: RewardInputs) -> np.ndarray:
         return np.asarray(fn(inputs), np.float32) * np.float32(scale)
+
     return reward
 
 
@@ -46,24 +47,49 @@ def make_reward(cfg, *, tokenizer=None, mesh=None) -> RewardFn:
     else:
         eos_id = model_rewards.resolve_eos(cfg, tokenizer)
         if cfg.kind == "reward_model":
-            fn = model_rewards.reward_model_reward(cfg.path, batch_size=cfg.batch_size,
-                                                   length_bucket=cfg.length_bucket, eos_id=eos_id,
-                                                   dtype=cfg.dtype, mesh=mesh)
+            fn = model_rewards.reward_model_reward(
+                cfg.path,
+                batch_size=cfg.batch_size,
+                length_bucket=cfg.length_bucket,
+                eos_id=eos_id,
+                dtype=cfg.dtype,
+                mesh=mesh,
+            )
             name = f"reward_model:{cfg.path}"
         else:
-            fn = model_rewards.log_ratio_reward(cfg.path, cfg.base_path, batch_size=cfg.batch_size,
-                                                length_bucket=cfg.length_bucket, eos_id=eos_id,
-                                                dtype=cfg.dtype, chunk_size=cfg.logprob_chunk_size, mesh=mesh)
+            fn = model_rewards.log_ratio_reward(
+                cfg.path,
+                cfg.base_path,
+                batch_size=cfg.batch_size,
+                length_bucket=cfg.length_bucket,
+                eos_id=eos_id,
+                dtype=cfg.dtype,
+                chunk_size=cfg.logprob_chunk_size,
+                mesh=mesh,
+            )
             name = f"log_ratio:{cfg.path}-{cfg.base_path}"
     return checked(_scaled(fn, float(cfg.scale)), name)
 
 
-def make_preference(cfg, *, tokenizer=None, mesh=None, temperature: float | None = None) -> PairwisePreference:
+def make_preference(
+    cfg, *, tokenizer=None, mesh=None, temperature: float | None = None
+) -> PairwisePreference:
     """`PairwisePreference` over `make_reward(cfg)`; temperature defaults to reward.preference_temperature."""
     t = cfg.preference_temperature if temperature is None else temperature
     return PairwisePreference(make_reward(cfg, tokenizer=tokenizer, mesh=mesh), float(t))
 
 
-__all__ = ["RewardInputs", "RewardFn", "checked", "check_rewards", "task_reward", "verifier_reward",
-           "make_reward", "make_preference", "PairwisePreference", "default_reward_config",
-           "check_reward_config", "KINDS"]
+__all__ = [
+    "RewardInputs",
+    "RewardFn",
+    "checked",
+    "check_rewards",
+    "task_reward",
+    "verifier_reward",
+    "make_reward",
+    "make_preference",
+    "PairwisePreference",
+    "default_reward_config",
+    "check_reward_config",
+    "KINDS",
+]

@@ -17,7 +17,9 @@ def default_reward_config() -> ml_collections.ConfigDict:
     # log_ratio: sum over response tokens of log p_path(y|x) - log p_base(y|x)
     c.kind = "task"
     c.task = ""  # an embedded task name (alignment.tasks.available()) for kind task / verifier
-    c.path = ""  # reward_model: a *ForSequenceClassification folder; log_ratio: the tuned policy folder
+    c.path = (
+        ""  # reward_model: a *ForSequenceClassification folder; log_ratio: the tuned policy folder
+    )
     c.base_path = ""  # log_ratio: the base (reference) policy folder
     c.batch_size = 32  # rows per jitted forward of a model reward (the last batch is padded)
     c.length_bucket = 32  # model rewards pad sequences to a multiple of this (fewer recompiles)
@@ -41,7 +43,9 @@ def check_reward_config(c) -> None:
         raise ValueError(f"reward.kind={c.kind!r} is not one of {KINDS}")
     if c.kind in ("task", "verifier"):
         if c.task not in tasks.available():
-            raise ValueError(f"reward.kind={c.kind!r} needs reward.task, one of {tasks.available()}; got {c.task!r}")
+            raise ValueError(
+                f"reward.kind={c.kind!r} needs reward.task, one of {tasks.available()}; got {c.task!r}"
+            )
     if c.kind in ("reward_model", "log_ratio") and not c.path:
         raise ValueError(f"reward.kind={c.kind!r} needs reward.path (a Hugging Face folder)")
     if c.kind == "log_ratio" and not c.base_path:
@@ -50,4 +54,6 @@ def check_reward_config(c) -> None:
         if not isinstance(c[key], int) or c[key] <= 0:
             raise ValueError(f"reward.{key} must be a positive int, got {c[key]!r}")
     if not c.preference_temperature > 0:
-        raise ValueError(f"reward.preference_temperature must be > 0, got {c.preference_temperature}")
+        raise ValueError(
+            f"reward.preference_temperature must be > 0, got {c.preference_temperature}"
+        )

@@ -23,6 +23,7 @@ def _sigmoid(x):
 @dataclasses.dataclass(frozen=True)
 class PairwisePreference:
     """`pref(inputs_a, inputs_b) -> P(a > b | x)` float32 [N]; `pref.sample(...)` draws labels."""
+
     reward_fn: RewardFn
     temperature: float = 1.0
 
@@ -32,11 +33,15 @@ class PairwisePreference:
 
     def _scores(self, inputs_a: RewardInputs, inputs_b: RewardInputs):
         if len(inputs_a) != len(inputs_b):
-            raise ValueError(f"PairwisePreference: {len(inputs_a)} responses a but {len(inputs_b)} responses b")
+            raise ValueError(
+                f"PairwisePreference: {len(inputs_a)} responses a but {len(inputs_b)} responses b"
+            )
         for i, (pa, pb) in enumerate(zip(inputs_a.prompts, inputs_b.prompts)):
             if pa != pb:
-                raise ValueError(f"PairwisePreference: row {i} compares responses to different prompts "
-                                 f"({pa!r} vs {pb!r})")
+                raise ValueError(
+                    f"PairwisePreference: row {i} compares responses to different prompts "
+                    f"({pa!r} vs {pb!r})"
+                )
         name = getattr(self.reward_fn, "reward_name", getattr(self.reward_fn, "__name__", "reward"))
         ra = check_rewards(self.reward_fn(inputs_a), len(inputs_a), name).astype(np.float64)
         rb = check_rewards(self.reward_fn(inputs_b), len(inputs_b), name).astype(np.float64)

@@ -29,12 +29,16 @@ def verifier_reward(task) -> RewardFn:
     """r(x, y) = 1 if task.verify(x, y) else 0 (tasks with a verifier only)."""
     task = _task(task)
     if not task.has_verifier:
-        raise ValueError(f"task {task.name!r} has no verifier (its gold reward is graded): use "
-                         "reward.kind='task' instead of 'verifier'")
+        raise ValueError(
+            f"task {task.name!r} has no verifier (its gold reward is graded): use "
+            "reward.kind='task' instead of 'verifier'"
+        )
 
     def reward(inputs: RewardInputs) -> np.ndarray:
-        return np.asarray([1.0 if task.verify(p, r) else 0.0 for p, r in zip(inputs.prompts, inputs.responses)],
-                          np.float32)
+        return np.asarray(
+            [1.0 if task.verify(p, r) else 0.0 for p, r in zip(inputs.prompts, inputs.responses)],
+            np.float32,
+        )
 
     reward.__name__ = f"verifier_reward_{task.name}"
     return reward

@@ -4,6 +4,7 @@ Applied in the order of `SamplingParams.process`: temperature, top-k, top-p, min
 Hugging Face `generate`). Every filter keeps at least the most likely token, so a row never ends
 up with all of its mass removed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,8 +51,11 @@ def top_p_filter(logits, p: float):
     keep_sorted_BxV = mass_above_BxV < p
     keep_sorted_BxV = keep_sorted_BxV.at[:, 0].set(True)
     # Scatter the decision back to vocabulary order.
-    keep_BxV = jnp.zeros_like(keep_sorted_BxV).at[
-        jnp.arange(logits_BxV.shape[0])[:, None], order_BxV].set(keep_sorted_BxV)
+    keep_BxV = (
+        jnp.zeros_like(keep_sorted_BxV)
+        .at[jnp.arange(logits_BxV.shape[0])[:, None], order_BxV]
+        .set(keep_sorted_BxV)
+    )
     return jnp.where(keep_BxV, logits_BxV, NEG_INF)
 
 
@@ -74,6 +78,7 @@ class SamplingParams:
 
     temperature == 0 means greedy (argmax of the raw logits; the filters are then irrelevant).
     """
+
     temperature: float = 0.0
     top_k: int | None = None
     top_p: float | None = None

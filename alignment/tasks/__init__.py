@@ -8,6 +8,7 @@
 Pure Python + numpy. `reasoning_gym` needs the optional reasoning-gym package, imported only
 when that task is built.
 """
+
 from __future__ import annotations
 
 import dataclasses

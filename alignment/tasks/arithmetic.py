@@ -14,6 +14,7 @@ reasoning by eight-fold" (Setlur et al., 2024) in miniature: `verify` checks the
 step values, and `step_correctness` says which steps are right given the ones before them.
 Demonstrations can carry spurious-but-harmless identity steps (`19+0=19`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -107,7 +108,7 @@ def parse_problem(prompt: str) -> Problem:
     text = prompt.strip()
     if not text.startswith(PROMPT_PREFIX.strip()):
         raise ValueError(f"not an arithmetic prompt (expected {PROMPT_PREFIX!r}...): {prompt!r}")
-    expr = text[len(PROMPT_PREFIX.strip()):].replace(" ", "")
+    expr = text[len(PROMPT_PREFIX.strip()) :].replace(" ", "")
     head = _PROMPT_HEAD.match(expr)
     ops, pos = [], head.end() if head else 0
     while head and pos < len(expr):
@@ -121,8 +122,9 @@ def parse_problem(prompt: str) -> Problem:
     problem = Problem(int(head.group(1)), tuple(ops))
     # Round trip: a hand-edited prompt with stray brackets must not be silently reinterpreted.
     if problem.prompt.replace(" ", "") != (PROMPT_PREFIX.strip() + expr):
-        raise ValueError(f"arithmetic prompt {prompt!r} is not in canonical form "
-                         f"(expected {problem.prompt!r})")
+        raise ValueError(
+            f"arithmetic prompt {prompt!r} is not in canonical form (expected {problem.prompt!r})"
+        )
     try:
         problem.values()
     except ValueError as e:
@@ -173,7 +175,7 @@ def step_prefixes(response: str) -> list[str]:
     prefixes = [""]
     for _, end in step_spans(response):
         newline = response.find("\n", end)
-        prefixes.append(response if newline < 0 else response[:newline + 1])
+        prefixes.append(response if newline < 0 else response[: newline + 1])
     return prefixes
 
 
@@ -262,22 +264,32 @@ class ArithmeticTask(base.Task):
             object.__setattr__(self, field, tuple(getattr(self, field)))
         lo_ops, hi_ops = self.num_ops
         if not 1 <= lo_ops <= hi_ops:
-            raise ValueError(f"ArithmeticTask.num_ops must be (min, max) with 1 <= min <= max, "
-                             f"got {self.num_ops}")
+            raise ValueError(
+                f"ArithmeticTask.num_ops must be (min, max) with 1 <= min <= max, "
+                f"got {self.num_ops}"
+            )
         lo, hi = self.operand_range
         if lo > hi:
-            raise ValueError(f"ArithmeticTask.operand_range must be (low, high) with low <= high, "
-                             f"got {self.operand_range}")
+            raise ValueError(
+                f"ArithmeticTask.operand_range must be (low, high) with low <= high, "
+                f"got {self.operand_range}"
+            )
         bad = [op for op in self.operators if op not in OPERATORS]
         if bad or not self.operators:
-            raise ValueError(f"ArithmeticTask.operators must be a non-empty subset of {OPERATORS}, "
-                             f"got {self.operators}")
+            raise ValueError(
+                f"ArithmeticTask.operators must be a non-empty subset of {OPERATORS}, "
+                f"got {self.operators}"
+            )
         if self.max_abs_value < max(abs(lo), abs(hi)):
-            raise ValueError(f"ArithmeticTask.max_abs_value={self.max_abs_value} is below the "
-                             f"operand range {self.operand_range}")
+            raise ValueError(
+                f"ArithmeticTask.max_abs_value={self.max_abs_value} is below the "
+                f"operand range {self.operand_range}"
+            )
         if not 0.0 <= self.spurious_step_prob <= 1.0:
-            raise ValueError(f"ArithmeticTask.spurious_step_prob must be in [0, 1], "
-                             f"got {self.spurious_step_prob}")
+            raise ValueError(
+                f"ArithmeticTask.spurious_step_prob must be in [0, 1], "
+                f"got {self.spurious_step_prob}"
+            )
 
     def sample_problem(self, rng: np.random.Generator) -> Problem:
         """One problem; operations that would leave [-max_abs_value, max_abs_value] are skipped."""
@@ -304,12 +316,20 @@ class ArithmeticTask(base.Task):
                 value = apply(op, value, b)
             if len(ops) == n_ops:
                 return Problem(first, tuple(ops))
-        raise ValueError(f"{self} cannot build problems: no operation keeps values within "
-                         f"max_abs_value (try a wider operand_range or more operators)")
+        raise ValueError(
+            f"{self} cannot build problems: no operation keeps values within "
+            f"max_abs_value (try a wider operand_range or more operators)"
+        )
 
     def prompts(self, split: str, n: int, seed: int) -> list[str]:
-        return base.sample_in_split(lambda rng: self.sample_problem(rng).prompt, task=self.name,
-                                    split=split, n=n, seed=seed, max_draws=50 * n + 1000)
+        return base.sample_in_split(
+            lambda rng: self.sample_problem(rng).prompt,
+            task=self.name,
+            split=split,
+            n=n,
+            seed=seed,
+            max_draws=50 * n + 1000,
+        )
 
     def demonstrations(self, split: str, n: int, seed: int) -> list[tuple[str, str]]:
         rng = base.make_rng(self.name, split, seed, "demonstrations")

@@ -8,6 +8,7 @@ count can make a test prompt appear in train. Randomness comes from numpy genera
 from (task name, split, seed, stream), never from Python's salted `hash`, so a seed gives the
 same prompts in every process.
 """
+
 from __future__ import annotations
 
 import abc
@@ -50,15 +51,18 @@ class Task(abc.ABC):
     def verify(self, prompt: str, response: str) -> bool:
         """Whether `response` solves `prompt` (tasks with `has_verifier` only)."""
         raise NotImplementedError(
-            f"task {self.name!r} has no verifier: its gold reward is graded, use gold_reward()")
+            f"task {self.name!r} has no verifier: its gold reward is graded, use gold_reward()"
+        )
 
     def gold_rewards(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         """`gold_reward` over aligned lists, as a float32 array of shape [N]."""
         if len(prompts) != len(responses):
-            raise ValueError(f"{self.name}.gold_rewards: {len(prompts)} prompts but "
-                             f"{len(responses)} responses")
-        return np.asarray([self.gold_reward(p, r) for p, r in zip(prompts, responses)],
-                          dtype=np.float32)
+            raise ValueError(
+                f"{self.name}.gold_rewards: {len(prompts)} prompts but {len(responses)} responses"
+            )
+        return np.asarray(
+            [self.gold_reward(p, r) for p, r in zip(prompts, responses)], dtype=np.float32
+        )
 
 
 def check_split(split: str) -> None:
@@ -85,13 +89,25 @@ def split_of(key: str) -> str:
 
 def make_rng(task: str, split: str, seed: int, stream: str) -> np.random.Generator:
     """A numpy generator for (task, split, seed, stream); streams keep prompts, responses apart."""
-    words = [zlib.crc32(task.encode()), SPLITS.index(split), int(seed) & 0xFFFFFFFF,
-             int(seed) >> 32 & 0xFFFFFFFF, zlib.crc32(stream.encode())]
+    words = [
+        zlib.crc32(task.encode()),
+        SPLITS.index(split),
+        int(seed) & 0xFFFFFFFF,
+        int(seed) >> 32 & 0xFFFFFFFF,
+        zlib.crc32(stream.encode()),
+    ]
     return np.random.default_rng(words)
 
 
-def sample_in_split(draw: Callable[[np.random.Generator], str], *, task: str, split: str, n: int,
-                    seed: int, max_draws: int) -> list[str]:
+def sample_in_split(
+    draw: Callable[[np.random.Generator], str],
+    *,
+    task: str,
+    split: str,
+    n: int,
+    seed: int,
+    max_draws: int,
+) -> list[str]:
     """`n` distinct prompts of `split`: draw candidates, keep those the split owns, skip repeats."""
     check_split(split)
     check_count(n)
@@ -108,25 +124,28 @@ def sample_in_split(draw: Callable[[np.random.Generator], str], *, task: str, sp
         raise ValueError(
             f"task {task!r}: found only {len(out)} distinct {split!r} prompts of the {n} asked for "
             f"in {max_draws} draws; the prompt space is too small for this request (widen the "
-            f"task's difficulty knobs or ask for fewer)")
+            f"task's difficulty knobs or ask for fewer)"
+        )
     return out
 
 
-def choose_from_pool(pool: Sequence[str], *, task: str, split: str, n: int,
-                     seed: int) -> list[str]:
+def choose_from_pool(pool: Sequence[str], *, task: str, split: str, n: int, seed: int) -> list[str]:
     """`n` distinct prompts of `split` from a finite, enumerated prompt pool."""
     check_split(split)
     check_count(n)
     owned = [p for p in pool if split_of(p) == split]
     if n > len(owned):
-        raise ValueError(f"task {task!r}: split {split!r} holds {len(owned)} distinct prompts, "
-                         f"{n} were asked for")
+        raise ValueError(
+            f"task {task!r}: split {split!r} holds {len(owned)} distinct prompts, "
+            f"{n} were asked for"
+        )
     rng = make_rng(task, split, seed, "prompts")
     return [owned[i] for i in rng.permutation(len(owned))[:n]]
 
 
-_ANSWER_LINE = re.compile(r"^\s*(?:final\s+)?answer\b\s*(?:is\b)?\s*[:=]?\s*(.*?)\s*$",
-                          re.IGNORECASE)
+_ANSWER_LINE = re.compile(
+    r"^\s*(?:final\s+)?answer\b\s*(?:is\b)?\s*[:=]?\s*(.*?)\s*$", re.IGNORECASE
+)
 
 
 def answer_text(response: str) -> str | None:

@@ -11,6 +11,7 @@ give small partial credit). Demonstrations use the dataset's chain of thought wh
 Scoring needs the generated entry behind a prompt, so `gold_reward` only knows prompts that
 this task instance has handed out through `prompts` or `demonstrations`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,10 @@ from typing import Any, ClassVar, Mapping
 
 from alignment.tasks import base
 
-INSTALL_HINT = ("the 'reasoning_gym' task needs the optional reasoning-gym package: "
-                "pip install reasoning-gym  (or: pip install 'alignment[reasoning]')")
+INSTALL_HINT = (
+    "the 'reasoning_gym' task needs the optional reasoning-gym package: "
+    "pip install reasoning-gym  (or: pip install 'alignment[reasoning]')"
+)
 _COT_ANSWER = re.compile(r"^\s*####\s*(.*?)\s*$", re.MULTILINE)
 
 
@@ -56,14 +59,17 @@ class ReasoningGymTask(base.Task):
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     pool_size: int = 10_000
     # prompt -> (dataset object, entry); filled by prompts(), read by gold_reward().
-    _entries: dict = dataclasses.field(default_factory=dict, init=False, repr=False,
-                                       compare=False, hash=False)
+    _entries: dict = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self):
         rg = _import_reasoning_gym()
         if self.dataset not in rg.factory.DATASETS:
-            raise ValueError(f"unknown reasoning-gym dataset {self.dataset!r}; valid: "
-                             f"{', '.join(sorted(rg.factory.DATASETS))}")
+            raise ValueError(
+                f"unknown reasoning-gym dataset {self.dataset!r}; valid: "
+                f"{', '.join(sorted(rg.factory.DATASETS))}"
+            )
         object.__setattr__(self, "options", dict(self.options))
         if self.pool_size < 1:
             raise ValueError(f"ReasoningGymTask.pool_size must be >= 1, got {self.pool_size}")
@@ -74,8 +80,9 @@ class ReasoningGymTask(base.Task):
     def _generator(self, split: str, seed: int):
         rg = _import_reasoning_gym()
         rng = base.make_rng(f"{self.name}/{self.dataset}", split, seed, "dataset-seed")
-        return rg.create_dataset(self.dataset, seed=int(rng.integers(2**31)),
-                                 size=self.pool_size, **self.options)
+        return rg.create_dataset(
+            self.dataset, seed=int(rng.integers(2**31)), size=self.pool_size, **self.options
+        )
 
     def _entries_for(self, split: str, n: int, seed: int) -> list[dict]:
         base.check_split(split)
@@ -92,14 +99,18 @@ class ReasoningGymTask(base.Task):
             seen.add(question)
             previous = self._entries.get(question)
             if previous is not None and str(previous[1]["answer"]) != str(entry["answer"]):
-                raise ValueError(f"reasoning-gym {self.dataset}: question {question!r} was "
-                                 f"generated with two answers ({previous[1]['answer']!r}, "
-                                 f"{entry['answer']!r}); it cannot be scored by text alone")
+                raise ValueError(
+                    f"reasoning-gym {self.dataset}: question {question!r} was "
+                    f"generated with two answers ({previous[1]['answer']!r}, "
+                    f"{entry['answer']!r}); it cannot be scored by text alone"
+                )
             self._entries[question] = (dataset, entry)
             out.append(entry)
         if len(out) < n:
-            raise ValueError(f"reasoning-gym {self.dataset}: split {split!r} got only {len(out)} "
-                             f"distinct questions of {n} among pool_size={self.pool_size} items")
+            raise ValueError(
+                f"reasoning-gym {self.dataset}: split {split!r} got only {len(out)} "
+                f"distinct questions of {n} among pool_size={self.pool_size} items"
+            )
         return out
 
     def prompts(self, split: str, n: int, seed: int) -> list[str]:
@@ -121,9 +132,11 @@ class ReasoningGymTask(base.Task):
         """The dataset's own `score_answer` on the extracted answer (0.0 when there is none)."""
         found = self._entries.get(prompt)
         if found is None:
-            raise KeyError(f"reasoning-gym {self.dataset}: prompt {prompt[:80]!r}... was not "
-                           f"handed out by this task instance's prompts()/demonstrations(), so "
-                           f"its answer is unknown")
+            raise KeyError(
+                f"reasoning-gym {self.dataset}: prompt {prompt[:80]!r}... was not "
+                f"handed out by this task instance's prompts()/demonstrations(), so "
+                f"its answer is unknown"
+            )
         dataset, entry = found
         return float(dataset.score_answer(extract_answer(response), entry))
 

@@ -8,6 +8,7 @@ demonstrations are grammar continuations of mixed polarity, the raw material of 
 `noisy_bradley_terry_labels` turns gold scores into noisy preference labels, as a stand-in for
 human raters when training a proxy reward (the RSO setting, Liu et al., 2024).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,35 +23,138 @@ from alignment.tasks import base
 
 # Every opening below scores exactly 0 under VADER (tests check it), so the gold reward
 # measures the continuation alone.
-LEAD_INS = ("", "last night ", "yesterday ", "this morning ", "last summer ", "in the end ",
-            "at first glance ", "looking back, ", "if you ask me, ", "frankly, ",
-            "between you and me, ", "my sister said ", "my brother thinks ", "my mother told me ",
-            "we all felt ", "i guess ", "on the weekend ", "when we visited, ", "overall, ",
-            "i have to say ")
-SUBJECTS = ("the movie", "the food", "the service", "the book", "the hotel room", "the concert",
-            "the ending", "the soundtrack", "the acting", "the coffee", "the plot", "the dessert",
-            "the show", "the museum", "the tour guide", "the waiter", "the game", "the trip",
-            "the flight", "the lecture", "the pizza", "the beach", "the album", "the series",
-            "the documentary", "the wine", "the breakfast", "the garden", "the apartment",
-            "the class", "the phone", "the laptop", "the headphones", "the bakery", "the market",
-            "the hike", "the train ride", "the podcast", "the soup", "the sushi")
-FRAMES = ("{s} was", "i thought {s} was", "{s} turned out to be", "{s} felt", "{s} seemed",
-          "i found {s} to be", "{s} looked", "{s} is")
+LEAD_INS = (
+    "",
+    "last night ",
+    "yesterday ",
+    "this morning ",
+    "last summer ",
+    "in the end ",
+    "at first glance ",
+    "looking back, ",
+    "if you ask me, ",
+    "frankly, ",
+    "between you and me, ",
+    "my sister said ",
+    "my brother thinks ",
+    "my mother told me ",
+    "we all felt ",
+    "i guess ",
+    "on the weekend ",
+    "when we visited, ",
+    "overall, ",
+    "i have to say ",
+)
+SUBJECTS = (
+    "the movie",
+    "the food",
+    "the service",
+    "the book",
+    "the hotel room",
+    "the concert",
+    "the ending",
+    "the soundtrack",
+    "the acting",
+    "the coffee",
+    "the plot",
+    "the dessert",
+    "the show",
+    "the museum",
+    "the tour guide",
+    "the waiter",
+    "the game",
+    "the trip",
+    "the flight",
+    "the lecture",
+    "the pizza",
+    "the beach",
+    "the album",
+    "the series",
+    "the documentary",
+    "the wine",
+    "the breakfast",
+    "the garden",
+    "the apartment",
+    "the class",
+    "the phone",
+    "the laptop",
+    "the headphones",
+    "the bakery",
+    "the market",
+    "the hike",
+    "the train ride",
+    "the podcast",
+    "the soup",
+    "the sushi",
+)
+FRAMES = (
+    "{s} was",
+    "i thought {s} was",
+    "{s} turned out to be",
+    "{s} felt",
+    "{s} seemed",
+    "i found {s} to be",
+    "{s} looked",
+    "{s} is",
+)
 
 POLARITIES = ("positive", "negative", "neutral", "mixed")
 _BOOSTERS = ("", "really ", "quite ", "absolutely ", "very ", "extremely ")
-_POSITIVE = ("wonderful", "great", "delightful", "fantastic", "lovely", "excellent", "charming",
-             "brilliant", "superb", "enjoyable")
-_NEGATIVE = ("awful", "terrible", "boring", "disappointing", "tedious", "horrible", "dreadful",
-             "dull", "miserable", "annoying")
-_NEUTRAL = ("long", "quiet", "about what i expected", "fairly ordinary", "on the small side",
-            "similar to the last one", "in english", "a bit late")
-_POSITIVE_TAILS = ("and i would happily go back", "and i loved every minute",
-                   "and it made my day", "and i recommend it to everyone", "and we smiled all day")
-_NEGATIVE_TAILS = ("and i regret going", "and it was a waste of money", "and i hated every minute",
-                   "and it ruined the evening", "and i felt sad afterwards")
-_NEUTRAL_TAILS = ("and then we went home", "and it lasted two hours", "and we took the bus",
-                  "and the room was on the third floor", "and we left at nine")
+_POSITIVE = (
+    "wonderful",
+    "great",
+    "delightful",
+    "fantastic",
+    "lovely",
+    "excellent",
+    "charming",
+    "brilliant",
+    "superb",
+    "enjoyable",
+)
+_NEGATIVE = (
+    "awful",
+    "terrible",
+    "boring",
+    "disappointing",
+    "tedious",
+    "horrible",
+    "dreadful",
+    "dull",
+    "miserable",
+    "annoying",
+)
+_NEUTRAL = (
+    "long",
+    "quiet",
+    "about what i expected",
+    "fairly ordinary",
+    "on the small side",
+    "similar to the last one",
+    "in english",
+    "a bit late",
+)
+_POSITIVE_TAILS = (
+    "and i would happily go back",
+    "and i loved every minute",
+    "and it made my day",
+    "and i recommend it to everyone",
+    "and we smiled all day",
+)
+_NEGATIVE_TAILS = (
+    "and i regret going",
+    "and it was a waste of money",
+    "and i hated every minute",
+    "and it ruined the evening",
+    "and i felt sad afterwards",
+)
+_NEUTRAL_TAILS = (
+    "and then we went home",
+    "and it lasted two hours",
+    "and we took the bus",
+    "and the room was on the third floor",
+    "and we left at nine",
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -66,8 +170,10 @@ def vader_compound(text: str) -> float:
 @functools.lru_cache(maxsize=1)
 def all_openings() -> tuple[str, ...]:
     """Every opening the grammar produces, in a fixed order."""
-    return tuple(lead + frame.format(s=subject)
-                 for lead, frame, subject in itertools.product(LEAD_INS, FRAMES, SUBJECTS))
+    return tuple(
+        lead + frame.format(s=subject)
+        for lead, frame, subject in itertools.product(LEAD_INS, FRAMES, SUBJECTS)
+    )
 
 
 def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
@@ -100,12 +206,15 @@ def noisy_bradley_terry_labels(gold_a, gold_b, *, temperature: float, seed: int)
     a = np.asarray(gold_a, dtype=np.float64)
     b = np.asarray(gold_b, dtype=np.float64)
     if a.shape != b.shape:
-        raise ValueError(f"noisy_bradley_terry_labels: gold_a has shape {a.shape} but gold_b "
-                         f"has shape {b.shape}")
+        raise ValueError(
+            f"noisy_bradley_terry_labels: gold_a has shape {a.shape} but gold_b has shape {b.shape}"
+        )
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        raise ValueError("noisy_bradley_terry_labels: gold scores contain NaN or Inf at "
-                         f"a[{np.flatnonzero(~np.isfinite(a)).tolist()}], "
-                         f"b[{np.flatnonzero(~np.isfinite(b)).tolist()}] (flattened indices)")
+        raise ValueError(
+            "noisy_bradley_terry_labels: gold scores contain NaN or Inf at "
+            f"a[{np.flatnonzero(~np.isfinite(a)).tolist()}], "
+            f"b[{np.flatnonzero(~np.isfinite(b)).tolist()}] (flattened indices)"
+        )
     if not (np.isfinite(temperature) and temperature > 0):
         raise ValueError(f"noisy_bradley_terry_labels: temperature must be > 0, got {temperature}")
     # sigmoid via tanh: no overflow warnings for large |diff| / temperature.
@@ -129,17 +238,22 @@ class SentimentTask(base.Task):
 
     def __post_init__(self):
         w = np.asarray(self.polarity_weights, dtype=np.float64)
-        if w.shape != (len(POLARITIES),) or not np.isfinite(w).all() or (w < 0).any() \
-                or w.sum() <= 0:
-            raise ValueError(f"SentimentTask.polarity_weights must be {len(POLARITIES)} "
-                             f"non-negative weights for {POLARITIES}, got {self.polarity_weights}")
+        if (
+            w.shape != (len(POLARITIES),)
+            or not np.isfinite(w).all()
+            or (w < 0).any()
+            or w.sum() <= 0
+        ):
+            raise ValueError(
+                f"SentimentTask.polarity_weights must be {len(POLARITIES)} "
+                f"non-negative weights for {POLARITIES}, got {self.polarity_weights}"
+            )
         object.__setattr__(self, "polarity_weights", tuple(float(x) for x in w))
 
     def prompts(self, split: str, n: int, seed: int) -> list[str]:
         return base.choose_from_pool(all_openings(), task=self.name, split=split, n=n, seed=seed)
 
-    def labelled_demonstrations(self, split: str, n: int,
-                                seed: int) -> list[tuple[str, str, str]]:
+    def labelled_demonstrations(self, split: str, n: int, seed: int) -> list[tuple[str, str, str]]:
         """(prompt, continuation, polarity) triples; `demonstrations` without the polarity."""
         rng = base.make_rng(self.name, split, seed, "demonstrations")
         p = np.asarray(self.polarity_weights) / sum(self.polarity_weights)

@@ -6,6 +6,7 @@ prompt's numbers is malformed and scores 0 (otherwise `1 2 3` would be a perfect
 every prompt). `details` explains the score; `corrupt` makes a strictly worse response, so
 (worse, better) pairs for a reviser come for free.
 """
+
 from __future__ import annotations
 
 import collections
@@ -41,7 +42,7 @@ def parse_prompt(prompt: str) -> tuple[int, ...]:
     text = prompt.strip()
     if not text.startswith(PROMPT_PREFIX.strip()):
         raise ValueError(f"not a sorting prompt (expected {PROMPT_PREFIX!r}...): {prompt!r}")
-    values = _parse_list(text[len(PROMPT_PREFIX.strip()):])
+    values = _parse_list(text[len(PROMPT_PREFIX.strip()) :])
     if isinstance(values, str) or not values:
         raise ValueError(f"sorting prompt {prompt!r} does not hold a list of integers")
     return values
@@ -72,9 +73,11 @@ def details(prompt: str, response: str) -> SortDetails:
     if collections.Counter(parsed) != collections.Counter(target):
         missing = collections.Counter(target) - collections.Counter(parsed)
         extra = collections.Counter(parsed) - collections.Counter(target)
-        reason = (f"not a permutation of the prompt's {len(target)} numbers "
-                  f"(got {len(parsed)}; missing {sorted(missing.elements())}, "
-                  f"extra {sorted(extra.elements())})")
+        reason = (
+            f"not a permutation of the prompt's {len(target)} numbers "
+            f"(got {len(parsed)}; missing {sorted(missing.elements())}, "
+            f"extra {sorted(extra.elements())})"
+        )
         return SortDetails(0.0, parsed, 0, len(target) - 1, reason)
     pairs = len(parsed) - 1
     good = in_order_pairs(parsed)
@@ -111,8 +114,10 @@ def corrupt(response: str, k: int, seed: int) -> str:
                 values[i], values[j] = values[j], values[i]
         if not worse:
             if step == 0:
-                raise ValueError(f"corrupt: no swap makes {response!r} worse (no single swap "
-                                 f"lowers its in-order pair count)")
+                raise ValueError(
+                    f"corrupt: no swap makes {response!r} worse (no single swap "
+                    f"lowers its in-order pair count)"
+                )
             break
         i, j = worse[rng.integers(len(worse))]
         values[i], values[j] = values[j], values[i]
@@ -135,15 +140,20 @@ class SortingTask(base.Task):
             object.__setattr__(self, field, tuple(getattr(self, field)))
         lo_len, hi_len = self.length
         if not 2 <= lo_len <= hi_len:
-            raise ValueError(f"SortingTask.length must be (min, max) with 2 <= min <= max, "
-                             f"got {self.length}")
+            raise ValueError(
+                f"SortingTask.length must be (min, max) with 2 <= min <= max, got {self.length}"
+            )
         lo, hi = self.value_range
         if lo > hi:
-            raise ValueError(f"SortingTask.value_range must be (low, high) with low <= high, "
-                             f"got {self.value_range}")
+            raise ValueError(
+                f"SortingTask.value_range must be (low, high) with low <= high, "
+                f"got {self.value_range}"
+            )
         if self.distinct and hi - lo + 1 < hi_len:
-            raise ValueError(f"SortingTask: value_range {self.value_range} has fewer than "
-                             f"length[1]={hi_len} distinct values (set distinct=False?)")
+            raise ValueError(
+                f"SortingTask: value_range {self.value_range} has fewer than "
+                f"length[1]={hi_len} distinct values (set distinct=False?)"
+            )
 
     def sample_list(self, rng: np.random.Generator) -> list[int]:
         n = int(rng.integers(self.length[0], self.length[1] + 1))
@@ -155,11 +165,17 @@ class SortingTask(base.Task):
     def prompts(self, split: str, n: int, seed: int) -> list[str]:
         return base.sample_in_split(
             lambda rng: PROMPT_PREFIX + " ".join(map(str, self.sample_list(rng))),
-            task=self.name, split=split, n=n, seed=seed, max_draws=50 * n + 1000)
+            task=self.name,
+            split=split,
+            n=n,
+            seed=seed,
+            max_draws=50 * n + 1000,
+        )
 
     def demonstrations(self, split: str, n: int, seed: int) -> list[tuple[str, str]]:
-        return [(p, " ".join(map(str, sorted(parse_prompt(p)))))
-                for p in self.prompts(split, n, seed)]
+        return [
+            (p, " ".join(map(str, sorted(parse_prompt(p))))) for p in self.prompts(split, n, seed)
+        ]
 
     def gold_reward(self, prompt: str, response: str) -> float:
         return quality(prompt, response)

@@ -41,18 +41,24 @@ def check_seft_config(config) -> None:
     """Semantic checks of the `seft` and `reviser` sections, before anything is trained."""
     s, r = config.seft, config.reviser
     if r.label_format not in LABEL_FORMATS:
-        raise ValueError(f"config.reviser.label_format must be one of {LABEL_FORMATS}, got {r.label_format!r}")
+        raise ValueError(
+            f"config.reviser.label_format must be one of {LABEL_FORMATS}, got {r.label_format!r}"
+        )
     if r.pairs not in PAIR_SOURCES:
         raise ValueError(f"config.reviser.pairs must be one of {PAIR_SOURCES}, got {r.pairs!r}")
     if r.init_from not in REVISER_INITS:
-        raise ValueError(f"config.reviser.init_from must be one of {REVISER_INITS}, got {r.init_from!r}")
+        raise ValueError(
+            f"config.reviser.init_from must be one of {REVISER_INITS}, got {r.init_from!r}"
+        )
     if s.filter not in FILTERS:
         raise ValueError(f"config.seft.filter must be one of {FILTERS}, got {s.filter!r}")
     for field in ("{prompt}", "{response}"):
         if field not in r.template:
             raise ValueError(f"config.reviser.template={r.template!r} must contain {field}")
     if r.label_format == "keep_token" and not r.keep_marker.strip():
-        raise ValueError("config.reviser.keep_marker must be a non-empty string for label_format='keep_token'")
+        raise ValueError(
+            "config.reviser.keep_marker must be a non-empty string for label_format='keep_token'"
+        )
     for key in ("num_labeled", "rounds", "round_steps", "max_new_tokens", "batch_size"):
         if int(s[key]) < 1:
             raise ValueError(f"config.seft.{key} must be >= 1, got {s[key]}")
@@ -62,34 +68,62 @@ def check_seft_config(config) -> None:
     for key in ("steps", "max_new_tokens", "max_prompt_len", "max_len"):
         if int(r[key]) < 1:
             raise ValueError(f"config.reviser.{key} must be >= 1, got {r[key]}")
-    for key in ("samples_per_prompt", "corruptions_per_prompt", "max_swaps", "keep_rows_per_prompt"):
+    for key in (
+        "samples_per_prompt",
+        "corruptions_per_prompt",
+        "max_swaps",
+        "keep_rows_per_prompt",
+    ):
         if int(r[key]) < 0:
             raise ValueError(f"config.reviser.{key} must be >= 0, got {r[key]}")
     if r.pairs in ("samples", "both") and r.samples_per_prompt < 1:
         raise ValueError(f"config.reviser.pairs={r.pairs!r} needs reviser.samples_per_prompt >= 1")
     if r.pairs in ("corruptions", "both") and (r.corruptions_per_prompt < 1 or r.max_swaps < 1):
-        raise ValueError(f"config.reviser.pairs={r.pairs!r} needs reviser.corruptions_per_prompt >= 1 and "
-                         "reviser.max_swaps >= 1")
+        raise ValueError(
+            f"config.reviser.pairs={r.pairs!r} needs reviser.corruptions_per_prompt >= 1 and "
+            "reviser.max_swaps >= 1"
+        )
     if r.keep_rows_per_prompt < 1:
-        raise ValueError("config.reviser.keep_rows_per_prompt must be >= 1: revise-or-keep needs keep rows")
+        raise ValueError(
+            "config.reviser.keep_rows_per_prompt must be >= 1: revise-or-keep needs keep rows"
+        )
     if not s.temperature > 0 or not r.temperature > 0:
-        raise ValueError("config.seft.temperature and config.reviser.temperature must be > 0 (sampling drafts)")
+        raise ValueError(
+            "config.seft.temperature and config.reviser.temperature must be > 0 (sampling drafts)"
+        )
     if s.num_unlabeled == 0 and not s.mix_labeled:
-        raise ValueError("config.seft.num_unlabeled=0 with mix_labeled=False leaves the rounds no data")
+        raise ValueError(
+            "config.seft.num_unlabeled=0 with mix_labeled=False leaves the rounds no data"
+        )
     if not s.sft_steps and not config.init_from:
-        raise ValueError("config.seft.sft_steps=0 means config.init_from is the SFT policy: set it, or "
-                         "set seft.sft_steps > 0 to SFT one on the labeled demonstrations first")
+        raise ValueError(
+            "config.seft.sft_steps=0 means config.init_from is the SFT policy: set it, or "
+            "set seft.sft_steps > 0 to SFT one on the labeled demonstrations first"
+        )
     if s.source_policy and not os.path.isfile(os.path.join(s.source_policy, "config.json")):
-        raise ValueError(f"config.seft.source_policy={s.source_policy!r} is not an HF folder (no config.json)")
+        raise ValueError(
+            f"config.seft.source_policy={s.source_policy!r} is not an HF folder (no config.json)"
+        )
     if r.path and not os.path.isfile(os.path.join(r.path, "config.json")):
         raise ValueError(f"config.reviser.path={r.path!r} is not an HF folder (no config.json)")
     if config.stage.data.chat_template:
-        raise ValueError("config.stage.data.chat_template=True is not supported by SEFT: its rows are plain text")
+        raise ValueError(
+            "config.stage.data.chat_template=True is not supported by SEFT: its rows are plain text"
+        )
     make_task(config)  # the task and its options exist
 
 
-def stage_config(config, *, steps: int, learning_rate: float, max_prompt_len: int, max_len: int,
-                 init_from: str, data_dir: str, task: str):
+def stage_config(
+    config,
+    *,
+    steps: int,
+    learning_rate: float,
+    max_prompt_len: int,
+    max_len: int,
+    init_from: str,
+    data_dir: str,
+    task: str,
+):
     """The engine SFT config of one stage (policy SFT, reviser or a round): `config.stage` with
     the stage's steps, learning rate, lengths and starting weights, reading
     `data_dir/{train,test}.jsonl`."""
@@ -109,16 +143,19 @@ def stage_config(config, *, steps: int, learning_rate: float, max_prompt_len: in
 
 # ----------------------------------------------------------------------------- stages
 
+
 def split_prompts(config, task) -> tuple[list[tuple[str, str]], list[str]]:
     """(labeled demonstrations, unlabeled prompts): disjoint train prompts of the same draw, the
     unlabeled ones after the labeled (a larger `num_unlabeled` extends, never reshuffles, them)."""
     s = config.seft
     prompts = task.prompts("train", int(s.num_labeled) + int(s.num_unlabeled), config.seed)
     labeled = task.demonstrations("train", int(s.num_labeled), config.seed)
-    if [p for p, _ in labeled] != prompts[:len(labeled)]:
-        raise AssertionError(f"task {task.name!r}: demonstrations are not the prompts' prefix; SEFT's labeled/"
-                             "unlabeled split needs prompts(n) to be a prefix of prompts(m > n)")
-    return labeled, prompts[len(labeled):]
+    if [p for p, _ in labeled] != prompts[: len(labeled)]:
+        raise AssertionError(
+            f"task {task.name!r}: demonstrations are not the prompts' prefix; SEFT's labeled/"
+            "unlabeled split needs prompts(n) to be a prefix of prompts(m > n)"
+        )
+    return labeled, prompts[len(labeled) :]
 
 
 def _write_rows(rows, held, data_dir):
@@ -128,7 +165,9 @@ def _write_rows(rows, held, data_dir):
 
 def _held_out(config, task) -> list[dict]:
     # the engine's jsonl source wants a test split; its eval loss is off (eval_every_steps = 0)
-    return [{"prompt": p, "completion": c} for p, c in task.demonstrations("validation", 8, config.seed)]
+    return [
+        {"prompt": p, "completion": c} for p, c in task.demonstrations("validation", 8, config.seed)
+    ]
 
 
 def sft_stage(config, workdir: str) -> str:
@@ -141,10 +180,19 @@ def sft_stage(config, workdir: str) -> str:
     labeled, _ = split_prompts(config, task)
     data_dir = os.path.join(workdir, "data")
     if not os.path.isfile(os.path.join(data_dir, "train.jsonl")):
-        _write_rows([{"prompt": p, "completion": c} for p, c in labeled], _held_out(config, task), data_dir)
-    c = stage_config(config, steps=s.sft_steps, learning_rate=s.sft_learning_rate,
-                     max_prompt_len=config.stage.data.max_prompt_len, max_len=config.stage.data.max_len,
-                     init_from=config.init_from, data_dir=data_dir, task=config.task)
+        _write_rows(
+            [{"prompt": p, "completion": c} for p, c in labeled], _held_out(config, task), data_dir
+        )
+    c = stage_config(
+        config,
+        steps=s.sft_steps,
+        learning_rate=s.sft_learning_rate,
+        max_prompt_len=config.stage.data.max_prompt_len,
+        max_len=config.stage.data.max_len,
+        init_from=config.init_from,
+        data_dir=data_dir,
+        task=config.task,
+    )
     return stages.run_stage(c, workdir)
 
 
@@ -162,19 +210,39 @@ def reviser_stage(config, workdir: str, policy_hf: str) -> str:
     samples = None
     if r.pairs in ("samples", "both"):
         tok = engine.make_tokenizer(config.tokenizer)
-        samples = stages.sample(policy_hf, tok, [p for p, _ in labeled], samples_per_prompt=int(r.samples_per_prompt),
-                                max_new_tokens=int(config.seft.max_new_tokens), temperature=float(r.temperature),
-                                seed=config.seed * 1000 + 17, batch_size=int(config.seft.batch_size)).texts
+        samples = stages.sample(
+            policy_hf,
+            tok,
+            [p for p, _ in labeled],
+            samples_per_prompt=int(r.samples_per_prompt),
+            max_new_tokens=int(config.seft.max_new_tokens),
+            temperature=float(r.temperature),
+            seed=config.seed * 1000 + 17,
+            batch_size=int(config.seft.batch_size),
+        ).texts
     rows, stats = seft_lib.reviser_rows(task, labeled, samples, cfg=r, seed=config.seed)
-    held, _ = seft_lib.reviser_rows(task, task.demonstrations("validation", 8, config.seed), None,
-                           cfg=_corruption_only(r, task), seed=config.seed + 1)
+    held, _ = seft_lib.reviser_rows(
+        task,
+        task.demonstrations("validation", 8, config.seed),
+        None,
+        cfg=_corruption_only(r, task),
+        seed=config.seed + 1,
+    )
     data_dir = os.path.join(workdir, "data")
     _write_rows(rows, held, data_dir)
     write_json(stats, os.path.join(workdir, "stats.json"))
     log.info("seft reviser data: %s", stats)
     init = policy_hf if r.init_from == "policy" else ""
-    c = stage_config(config, steps=r.steps, learning_rate=r.learning_rate, max_prompt_len=r.max_prompt_len,
-                     max_len=r.max_len, init_from=init, data_dir=data_dir, task="")
+    c = stage_config(
+        config,
+        steps=r.steps,
+        learning_rate=r.learning_rate,
+        max_prompt_len=r.max_prompt_len,
+        max_len=r.max_len,
+        init_from=init,
+        data_dir=data_dir,
+        task="",
+    )
     return stages.run_stage(c, workdir)
 
 
@@ -188,12 +256,29 @@ def _corruption_only(r, task):
     return c
 
 
-def revise(reviser, tokenizer, prompts: Sequence[str], drafts: Sequence[str], *, cfg, seed: int,
-           batch_size: int) -> tuple[list[str], list[bool]]:
+def revise(
+    reviser,
+    tokenizer,
+    prompts: Sequence[str],
+    drafts: Sequence[str],
+    *,
+    cfg,
+    seed: int,
+    batch_size: int,
+) -> tuple[list[str], list[bool]]:
     """Greedy reviser outputs (and whether each ended with EOS) for (prompt, draft) pairs."""
     inputs = [seft_lib.reviser_prompt(cfg.template, x, y) for x, y in zip(prompts, drafts)]
-    out = stages.sample("", tokenizer, inputs, samples_per_prompt=1, max_new_tokens=int(cfg.max_new_tokens),
-                        temperature=0.0, seed=seed, batch_size=batch_size, policy=reviser)
+    out = stages.sample(
+        "",
+        tokenizer,
+        inputs,
+        samples_per_prompt=1,
+        max_new_tokens=int(cfg.max_new_tokens),
+        temperature=0.0,
+        seed=seed,
+        batch_size=batch_size,
+        policy=reviser,
+    )
     return [t[0] for t in out.texts], [f[0] for f in out.finished]
 
 
@@ -201,17 +286,36 @@ def _write_revisions(task, prompts, drafts, outputs, finished, r, path):
     # every draft and what the reviser made of it, for inspection (the round's stats summarise it)
     rows = []
     for x, y, o, done in zip(prompts, drafts, outputs, finished):
-        revised, kept = seft_lib.parse_revision(y, o, label_format=r.label_format, keep_marker=r.keep_marker)
-        rows.append({"prompt": x, "draft": y, "output": o, "finished": bool(done), "kept": kept,
-                     "draft_gold": task.gold_reward(x, y), "revised_gold": task.gold_reward(x, revised)})
+        revised, kept = seft_lib.parse_revision(
+            y, o, label_format=r.label_format, keep_marker=r.keep_marker
+        )
+        rows.append(
+            {
+                "prompt": x,
+                "draft": y,
+                "output": o,
+                "finished": bool(done),
+                "kept": kept,
+                "draft_gold": task.gold_reward(x, y),
+                "revised_gold": task.gold_reward(x, revised),
+            }
+        )
     data_lib.write_jsonl(rows, path)
 
 
 def _gold_eval(policy_hf, tokenizer, task, config) -> float:
     s = config.seft
     prompts = task.prompts("test", int(s.num_eval_prompts), 0)
-    out = stages.sample(policy_hf, tokenizer, prompts, samples_per_prompt=1, max_new_tokens=int(s.max_new_tokens),
-                        temperature=float(s.temperature), seed=0, batch_size=int(s.batch_size))
+    out = stages.sample(
+        policy_hf,
+        tokenizer,
+        prompts,
+        samples_per_prompt=1,
+        max_new_tokens=int(s.max_new_tokens),
+        temperature=float(s.temperature),
+        seed=0,
+        batch_size=int(s.batch_size),
+    )
     return float(task.gold_rewards(prompts, out.flat()).mean())
 
 
@@ -227,17 +331,26 @@ def train_seft(config, workdir: str) -> dict:
     tokenizer = engine.make_tokenizer(config.tokenizer)
 
     policy_hf = sft_stage(config, os.path.join(workdir, "sft"))
-    reviser_hf = reviser_stage(config, os.path.join(workdir, "reviser"), policy_hf) if unlabeled else None
-    out = {"sft_policy": policy_hf, "reviser": reviser_hf, "source_policy": s.source_policy or None,
-           "labeled_prompts": len(labeled), "unlabeled_prompts": len(unlabeled), "rounds": []}
+    reviser_hf = (
+        reviser_stage(config, os.path.join(workdir, "reviser"), policy_hf) if unlabeled else None
+    )
+    out = {
+        "sft_policy": policy_hf,
+        "reviser": reviser_hf,
+        "source_policy": s.source_policy or None,
+        "labeled_prompts": len(labeled),
+        "unlabeled_prompts": len(unlabeled),
+        "rounds": [],
+    }
     rstats = os.path.join(workdir, "reviser", "stats.json")
     if reviser_hf and os.path.isfile(rstats):
         with open(rstats) as f:
             out["reviser_data"] = json.load(f)
     if s.num_eval_prompts:
         out["eval_gold_sft"] = _gold_eval(policy_hf, tokenizer, task, config)
-    writer = metrics_lib.MetricsWriter(workdir, total_steps=int(s.rounds), tensorboard=config.stage.tensorboard,
-                                       progress=False)
+    writer = metrics_lib.MetricsWriter(
+        workdir, total_steps=int(s.rounds), tensorboard=config.stage.tensorboard, progress=False
+    )
     reviser = None
     labeled_rows = [{"prompt": p, "completion": c} for p, c in labeled] if s.mix_labeled else []
     try:
@@ -252,26 +365,54 @@ def train_seft(config, workdir: str) -> dict:
                 rows, stats = [], {"unlabeled_prompts": 0, "revised_rows": 0, "dropped": 0}
                 if unlabeled:
                     source = s.source_policy or policy_hf
-                    drafts = stages.sample(source, tokenizer, unlabeled, samples_per_prompt=1,
-                                           max_new_tokens=int(s.max_new_tokens), temperature=float(s.temperature),
-                                           seed=config.seed * 1000 + rnd, batch_size=int(s.batch_size)).flat()
+                    drafts = stages.sample(
+                        source,
+                        tokenizer,
+                        unlabeled,
+                        samples_per_prompt=1,
+                        max_new_tokens=int(s.max_new_tokens),
+                        temperature=float(s.temperature),
+                        seed=config.seed * 1000 + rnd,
+                        batch_size=int(s.batch_size),
+                    ).flat()
                     if reviser is None:
                         reviser = models.from_pretrained(reviser_hf)
-                    outputs, finished = revise(reviser, tokenizer, unlabeled, drafts, cfg=r, seed=rnd,
-                                               batch_size=int(s.batch_size))
-                    rows, stats = seft_lib.round_rows(task, unlabeled, drafts, outputs, finished, cfg=s, reviser_cfg=r)
+                    outputs, finished = revise(
+                        reviser,
+                        tokenizer,
+                        unlabeled,
+                        drafts,
+                        cfg=r,
+                        seed=rnd,
+                        batch_size=int(s.batch_size),
+                    )
+                    rows, stats = seft_lib.round_rows(
+                        task, unlabeled, drafts, outputs, finished, cfg=s, reviser_cfg=r
+                    )
                     stats["draft_source"] = source
-                    _write_revisions(task, unlabeled, drafts, outputs, finished, r, os.path.join(rdir, REVISIONS))
+                    _write_revisions(
+                        task, unlabeled, drafts, outputs, finished, r, os.path.join(rdir, REVISIONS)
+                    )
                     log.info("seft round %d: %s", rnd, stats)
                 if not rows and not labeled_rows:
-                    raise ValueError(f"seft round {rnd}: every revision was dropped ({stats}); loosen seft.filter, "
-                                     "train the reviser longer or set seft.mix_labeled=True")
+                    raise ValueError(
+                        f"seft round {rnd}: every revision was dropped ({stats}); loosen seft.filter, "
+                        "train the reviser longer or set seft.mix_labeled=True"
+                    )
                 stats["labeled_rows"] = len(labeled_rows)
-                _write_rows(labeled_rows + rows, _held_out(config, task), os.path.join(rdir, "data"))
-                c = stage_config(config, steps=s.round_steps, learning_rate=s.round_learning_rate,
-                                 max_prompt_len=config.stage.data.max_prompt_len,
-                                 max_len=config.stage.data.max_len,
-                                 init_from=policy_hf, data_dir=os.path.join(rdir, "data"), task=config.task)
+                _write_rows(
+                    labeled_rows + rows, _held_out(config, task), os.path.join(rdir, "data")
+                )
+                c = stage_config(
+                    config,
+                    steps=s.round_steps,
+                    learning_rate=s.round_learning_rate,
+                    max_prompt_len=config.stage.data.max_prompt_len,
+                    max_len=config.stage.data.max_len,
+                    init_from=policy_hf,
+                    data_dir=os.path.join(rdir, "data"),
+                    task=config.task,
+                )
                 hf = stages.run_stage(c, rdir)
                 # experiments.evaluate --workdir ROUND_DIR rebuilds the task from run.json
                 ckpt_lib.update_run_record(rdir, task_kwargs=config.task_options.to_dict())
@@ -280,8 +421,10 @@ def train_seft(config, workdir: str) -> dict:
                 write_json(stats, stats_path)
             policy_hf = hf
             out["rounds"].append(stats)
-            writer.write(rnd, {k: v for k, v in stats.items()
-                               if isinstance(v, (int, float)) and v is not None})
+            writer.write(
+                rnd,
+                {k: v for k, v in stats.items() if isinstance(v, (int, float)) and v is not None},
+            )
     finally:
         writer.close()
     out["policy"] = policy_hf
@@ -294,5 +437,16 @@ def summary(workdir: str) -> Optional[dict]:
     return read_json(os.path.join(workdir, SUMMARY_FILE))
 
 
-__all__ = ["REVISIONS", "SUMMARY_FILE", "check_seft_config", "make_task", "revise", "reviser_stage", "sft_stage",
-           "split_prompts", "stage_config", "summary", "train_seft"]
+__all__ = [
+    "REVISIONS",
+    "SUMMARY_FILE",
+    "check_seft_config",
+    "make_task",
+    "revise",
+    "reviser_stage",
+    "sft_stage",
+    "split_prompts",
+    "stage_config",
+    "summary",
+    "train_seft",
+]

@@ -23,6 +23,7 @@ import os
 import shlex
 import sys
 from typing import Iterable, Mapping, Sequence
+
 from alignment.evaluation import write_json
 
 QUICK_SEEDS = 2
@@ -32,13 +33,23 @@ _LAST_ARGV: list[str] = []  # what `parse_args` parsed last: results.json record
 
 def parse_args(name: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """--out DIR (required), --quick, --seeds N (default 3, or 2 with --quick), --workdir."""
-    p = argparse.ArgumentParser(prog=f"python -m experiments.reproduce.{name}",
-                                description=f"miniature reproduction: {name}")
+    p = argparse.ArgumentParser(
+        prog=f"python -m experiments.reproduce.{name}",
+        description=f"miniature reproduction: {name}",
+    )
     p.add_argument("--out", required=True, help="results.json, results.md and plots go here")
-    p.add_argument("--quick", action="store_true", help="a shortened run (tiny settings, for tests)")
-    p.add_argument("--seeds", type=int, default=None, help=f"number of seeds (default {FULL_SEEDS}, "
-                                                            f"{QUICK_SEEDS} with --quick)")
-    p.add_argument("--workdir", default=None, help="stage outputs (default OUT/runs; reused when present)")
+    p.add_argument(
+        "--quick", action="store_true", help="a shortened run (tiny settings, for tests)"
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help=f"number of seeds (default {FULL_SEEDS}, {QUICK_SEEDS} with --quick)",
+    )
+    p.add_argument(
+        "--workdir", default=None, help="stage outputs (default OUT/runs; reused when present)"
+    )
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.seeds is None:
         args.seeds = QUICK_SEEDS if args.quick else FULL_SEEDS
@@ -61,7 +72,9 @@ def stats(values: Iterable[float]) -> dict:
         raise ValueError("stats: no values")
     bad = [i for i, x in enumerate(v) if not math.isfinite(x)]
     if bad:
-        raise ValueError(f"stats: value {bad[0]} is {v[bad[0]]}: a reproduction never reports NaN/Inf")
+        raise ValueError(
+            f"stats: value {bad[0]} is {v[bad[0]]}: a reproduction never reports NaN/Inf"
+        )
     mean = sum(v) / len(v)
     std = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
     return {"mean": mean, "std": std, "values": v}
@@ -72,7 +85,9 @@ def row(method: str, seeds: Sequence[int], **metrics: Sequence[float]) -> dict:
     out = {"method": method, "seeds": [int(s) for s in seeds]}
     for name, values in metrics.items():
         if len(values) != len(seeds):
-            raise ValueError(f"row {method!r}: metric {name!r} has {len(values)} values for {len(seeds)} seeds")
+            raise ValueError(
+                f"row {method!r}: metric {name!r} has {len(values)} values for {len(seeds)} seeds"
+            )
         out[name] = stats(values)
     return out
 
@@ -80,7 +95,9 @@ def row(method: str, seeds: Sequence[int], **metrics: Sequence[float]) -> dict:
 def metric_names(rows: Sequence[Mapping]) -> list[str]:
     names: list[str] = []
     for r in rows:
-        names += [k for k, v in r.items() if isinstance(v, Mapping) and "mean" in v and k not in names]
+        names += [
+            k for k, v in r.items() if isinstance(v, Mapping) and "mean" in v and k not in names
+        ]
     return names
 
 
@@ -94,24 +111,45 @@ def markdown(rows: Sequence[Mapping]) -> str:
     return "\n".join(lines)
 
 
-def write_results(out: str, *, name: str, paper: str, claim: str, supported: bool, verdict: str,
-                  rows: Sequence[Mapping], settings: Mapping, quick: bool, wall_clock_s: float,
-                  plots: Sequence[str] = ()) -> dict:
+def write_results(
+    out: str,
+    *,
+    name: str,
+    paper: str,
+    claim: str,
+    supported: bool,
+    verdict: str,
+    rows: Sequence[Mapping],
+    settings: Mapping,
+    quick: bool,
+    wall_clock_s: float,
+    plots: Sequence[str] = (),
+) -> dict:
     """OUT/results.json and OUT/results.md; prints the table and the verdict. Returns the dict."""
     if not rows:
         raise ValueError(f"{name}: no result rows")
     result = {
-        "name": name, "paper": paper, "claim": claim, "supported": bool(supported), "verdict": verdict,
-        "rows": list(rows), "settings": dict(settings), "quick": bool(quick),
+        "name": name,
+        "paper": paper,
+        "claim": claim,
+        "supported": bool(supported),
+        "verdict": verdict,
+        "rows": list(rows),
+        "settings": dict(settings),
+        "quick": bool(quick),
         "seeds": sorted({s for r in rows for s in r.get("seeds", ())}),
-        "wall_clock_s": round(float(wall_clock_s), 1), "plots": [os.path.abspath(p) for p in plots],
-        "command": " ".join(["python -m", f"experiments.reproduce.{name}"] +
-                            [shlex.quote(a) for a in _LAST_ARGV]),
+        "wall_clock_s": round(float(wall_clock_s), 1),
+        "plots": [os.path.abspath(p) for p in plots],
+        "command": " ".join(
+            ["python -m", f"experiments.reproduce.{name}"] + [shlex.quote(a) for a in _LAST_ARGV]
+        ),
     }
     write_json(result, os.path.join(out, "results.json"))
     table = markdown(rows)
-    text = (f"# {name}: {paper}\n\n**Claim:** {claim}\n\n{table}\n\n**Supported:** {'yes' if supported else 'no'}"
-            f" — {verdict}\n\nWall-clock: {wall_clock_s:.0f} s{' (quick)' if quick else ''}.\n")
+    text = (
+        f"# {name}: {paper}\n\n**Claim:** {claim}\n\n{table}\n\n**Supported:** {'yes' if supported else 'no'}"
+        f" — {verdict}\n\nWall-clock: {wall_clock_s:.0f} s{' (quick)' if quick else ''}.\n"
+    )
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(text)
     print(text)
@@ -120,8 +158,10 @@ def write_results(out: str, *, name: str, paper: str, claim: str, supported: boo
 
 def _pyplot():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -144,8 +184,15 @@ def bar_plot(rows: Sequence[Mapping], metric: str, path: str, *, title: str) -> 
     return path
 
 
-def line_plot(series: Mapping[str, Sequence[tuple[float, float, float]]], path: str, *, xlabel: str, ylabel: str,
-              title: str, logx: bool = False) -> str:
+def line_plot(
+    series: Mapping[str, Sequence[tuple[float, float, float]]],
+    path: str,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    logx: bool = False,
+) -> str:
     """One line per series of (x, mean, std) points, with a ±std band."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
@@ -153,7 +200,9 @@ def line_plot(series: Mapping[str, Sequence[tuple[float, float, float]]], path: 
         pts = sorted(pts)
         xs, ms, ss = [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts]
         ax.plot(xs, ms, marker="o", ms=3, label=label)
-        ax.fill_between(xs, [m - s for m, s in zip(ms, ss)], [m + s for m, s in zip(ms, ss)], alpha=0.2)
+        ax.fill_between(
+            xs, [m - s for m, s in zip(ms, ss)], [m + s for m, s in zip(ms, ss)], alpha=0.2
+        )
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)

@@ -42,15 +42,23 @@ from alignment import losses
 from experiments.reproduce import common
 
 NAME = "ipo_bandit"
-PAPER = ("Azar et al., 2023, A General Theoretical Paradigm to Understand Learning from Human Preferences "
-         "(IPO), section 5")
-CLAIM = ("On a 3-action bandit with deterministic preferences y1 > y2 > y3, DPO converges to a deterministic "
-         "policy (pi(y1) -> 1) for every beta, ignoring its KL regularisation; IPO converges to its finite "
-         "regularised optimum pi* ∝ pi_ref exp(p(y > mu)/tau), close to the reference and far from "
-         "deterministic for moderate tau.")
+PAPER = (
+    "Azar et al., 2023, A General Theoretical Paradigm to Understand Learning from Human Preferences "
+    "(IPO), section 5"
+)
+CLAIM = (
+    "On a 3-action bandit with deterministic preferences y1 > y2 > y3, DPO converges to a deterministic "
+    "policy (pi(y1) -> 1) for every beta, ignoring its KL regularisation; IPO converges to its finite "
+    "regularised optimum pi* ∝ pi_ref exp(p(y > mu)/tau), close to the reference and far from "
+    "deterministic for moderate tau."
+)
 
 ACTIONS = ("y1", "y2", "y3")
-PAIRS = ((0, 1), (1, 2), (0, 2))  # (chosen, rejected): the paper's D, every preference observed once
+PAIRS = (
+    (0, 1),
+    (1, 2),
+    (0, 2),
+)  # (chosen, rejected): the paper's D, every preference observed once
 DETERMINISTIC = 0.99  # "DPO is deterministic": max probability at least this
 CLOSED_FORM_TOL = 0.01  # "IPO reached its optimum": max |pi - pi*| at most this
 
@@ -71,6 +79,7 @@ def settings_for(quick: bool) -> dict:
 
 
 # ----------------------------------------------------------------------------- closed forms
+
 
 def ipo_optimum(reference, pairs, tau: float) -> np.ndarray:
     """The policy minimising IPO's empirical loss sum_{(w,l)} (u_w - u_l - 1/(2 tau))**2 over
@@ -94,7 +103,11 @@ def ipo_paper_optimum(reference, preference, tau: float, behaviour=None) -> np.n
     and mu the behaviour policy that produced the pairs (uniform by default)."""
     ref = np.asarray(reference, np.float64)
     pref = np.asarray(preference, np.float64)
-    mu = np.full(len(ref), 1.0 / len(ref)) if behaviour is None else np.asarray(behaviour, np.float64)
+    mu = (
+        np.full(len(ref), 1.0 / len(ref))
+        if behaviour is None
+        else np.asarray(behaviour, np.float64)
+    )
     z = np.log(ref) + pref @ mu / tau
     p = np.exp(z - z.max())
     return p / p.sum()
@@ -109,8 +122,21 @@ def kl(p, q) -> float:
 
 # ----------------------------------------------------------------------------- training
 
-def train_bandit(loss_name: str, betas, seeds, *, steps: int, learning_rate: float, batch_size: int,
-                 init_scale: float, log_every: int, reference, pairs, loss_kwargs=None):
+
+def train_bandit(
+    loss_name: str,
+    betas,
+    seeds,
+    *,
+    steps: int,
+    learning_rate: float,
+    batch_size: int,
+    init_scale: float,
+    log_every: int,
+    reference,
+    pairs,
+    loss_kwargs=None,
+):
     """Trains a tabular softmax policy with `alignment.losses.get(loss_name)` for every (beta, seed).
 
     Returns (final pi [n_beta, n_seed, A], trajectory [n_beta, n_seed, steps // log_every + 1, A],
@@ -121,8 +147,10 @@ def train_bandit(loss_name: str, betas, seeds, *, steps: int, learning_rate: flo
     import optax
 
     if steps < 1 or batch_size < 1 or log_every < 1 or steps % log_every:
-        raise ValueError(f"train_bandit: need steps >= 1, batch_size >= 1 and log_every dividing steps "
-                         f"(got steps={steps}, batch_size={batch_size}, log_every={log_every})")
+        raise ValueError(
+            f"train_bandit: need steps >= 1, batch_size >= 1 and log_every dividing steps "
+            f"(got steps={steps}, batch_size={batch_size}, log_every={log_every})"
+        )
     loss_fn = losses.get(loss_name)
     extra = dict(loss_kwargs or {})
     ref_logp_A = jnp.log(jnp.asarray(reference, jnp.float32))
@@ -132,9 +160,14 @@ def train_bandit(loss_name: str, betas, seeds, *, steps: int, learning_rate: flo
     def objective(logits_A, idx_B, beta):
         logp_A = jax.nn.log_softmax(logits_A.astype(jnp.float32))
         w_B, l_B = pairs_Px2[idx_B, 0], pairs_Px2[idx_B, 1]
-        loss, _ = loss_fn(policy_chosen_logps=logp_A[w_B], policy_rejected_logps=logp_A[l_B],
-                          ref_chosen_logps=ref_logp_A[w_B], ref_rejected_logps=ref_logp_A[l_B],
-                          beta=beta, **extra)
+        loss, _ = loss_fn(
+            policy_chosen_logps=logp_A[w_B],
+            policy_rejected_logps=logp_A[l_B],
+            ref_chosen_logps=ref_logp_A[w_B],
+            ref_rejected_logps=ref_logp_A[l_B],
+            beta=beta,
+            **extra,
+        )
         return loss
 
     def run_one(beta, seed):
@@ -153,7 +186,9 @@ def train_bandit(loss_name: str, betas, seeds, *, steps: int, learning_rate: flo
             return carry, jax.nn.softmax(carry[0])
 
         carry = (logits_A, tx.init(logits_A))
-        carry, traj_NxA = jax.lax.scan(chunk, carry, idx_SxB.reshape(steps // log_every, log_every, batch_size))
+        carry, traj_NxA = jax.lax.scan(
+            chunk, carry, idx_SxB.reshape(steps // log_every, log_every, batch_size)
+        )
         all_idx = jnp.arange(pairs_Px2.shape[0])
         final_loss = objective(carry[0], all_idx, beta)  # the full-dataset loss at the end
         traj_NxA = jnp.concatenate([jax.nn.softmax(logits_A)[None], traj_NxA])
@@ -163,18 +198,23 @@ def train_bandit(loss_name: str, betas, seeds, *, steps: int, learning_rate: flo
     pi, traj, final_loss = run(jnp.asarray(betas, jnp.float32), jnp.asarray(seeds, jnp.uint32))
     pi, traj, final_loss = (np.asarray(x, np.float64) for x in (pi, traj, final_loss))
     if not (np.isfinite(pi).all() and np.isfinite(final_loss).all()):
-        raise FloatingPointError(f"{loss_name}: non-finite policy or loss after training (betas {list(betas)})")
+        raise FloatingPointError(
+            f"{loss_name}: non-finite policy or loss after training (betas {list(betas)})"
+        )
     return pi, traj, list(range(0, steps + 1, log_every)), final_loss
 
 
 # ----------------------------------------------------------------------------- plots
 
+
 def plot_curves(curves, steps_logged, optima, path: str) -> str:
     """pi(y1) vs step, one line (mean ± std over seeds) per beta; DPO left, IPO right with its
     closed-form optimum dashed."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
     for ax, name in zip(axes, ("dpo", "ipo")):
         for i, (beta, traj_SxN) in enumerate(curves[name]):
@@ -183,7 +223,10 @@ def plot_curves(curves, steps_logged, optima, path: str) -> str:
             ax.fill_between(steps_logged, m - s, m + s, color=f"C{i}", alpha=0.2)
             if name == "ipo":
                 ax.axhline(optima[beta][0], color=f"C{i}", ls="--", lw=0.8)
-        ax.set_title(f"{name.upper()}" + (" (dashed: closed-form optimum)" if name == "ipo" else ""), fontsize=9)
+        ax.set_title(
+            f"{name.upper()}" + (" (dashed: closed-form optimum)" if name == "ipo" else ""),
+            fontsize=9,
+        )
         ax.set_xlim(0, steps_logged[-1])
         ax.set_xlabel("step")
         ax.set_ylim(0, 1.02)
@@ -199,6 +242,7 @@ def plot_curves(curves, steps_logged, optima, path: str) -> str:
 
 # ----------------------------------------------------------------------------- main
 
+
 def main(argv=None) -> dict:
     args = common.parse_args(NAME, argv)
     t0 = time.perf_counter()
@@ -212,19 +256,32 @@ def main(argv=None) -> dict:
     rows, curves, checks, problems = [], {"dpo": [], "ipo": []}, {}, []
     for name, extra in (("dpo", {}), ("ipo", {"length_normalize": s["ipo_length_normalize"]})):
         pi, traj, steps_logged, final_loss = train_bandit(
-            name, s["betas"], seeds, steps=s["steps"], learning_rate=s["learning_rate"],
-            batch_size=s["batch_size"], init_scale=s["init_scale"], log_every=s["log_every"],
-            reference=ref, pairs=PAIRS, loss_kwargs=extra)
+            name,
+            s["betas"],
+            seeds,
+            steps=s["steps"],
+            learning_rate=s["learning_rate"],
+            batch_size=s["batch_size"],
+            init_scale=s["init_scale"],
+            log_every=s["log_every"],
+            reference=ref,
+            pairs=PAIRS,
+            loss_kwargs=extra,
+        )
         for i, beta in enumerate(s["betas"]):
             p_SxA = pi[i]
             gap = np.abs(p_SxA - optima[beta][None]).max(-1)
-            rows.append(common.row(
-                f"{name.upper()} beta={beta:g}", seeds,
-                **{f"pi_{a}": list(p_SxA[:, k]) for k, a in enumerate(ACTIONS)},
-                max_prob=list(p_SxA.max(-1)),
-                kl_to_ref=[kl(p, ref) for p in p_SxA],
-                dist_to_ipo_optimum=list(gap),
-                final_loss=list(final_loss[i])))
+            rows.append(
+                common.row(
+                    f"{name.upper()} beta={beta:g}",
+                    seeds,
+                    **{f"pi_{a}": list(p_SxA[:, k]) for k, a in enumerate(ACTIONS)},
+                    max_prob=list(p_SxA.max(-1)),
+                    kl_to_ref=[kl(p, ref) for p in p_SxA],
+                    dist_to_ipo_optimum=list(gap),
+                    final_loss=list(final_loss[i]),
+                )
+            )
             curves[name].append((beta, traj[i, :, :, 0]))
             checks[(name, beta)] = (p_SxA.max(-1), gap)
 
@@ -232,31 +289,52 @@ def main(argv=None) -> dict:
         dpo_max, _ = checks[("dpo", beta)]
         ipo_max, ipo_gap = checks[("ipo", beta)]
         if dpo_max.min() < DETERMINISTIC:
-            problems.append(f"DPO beta={beta:g} is not deterministic (min max-prob {dpo_max.min():.4f} "
-                            f"< {DETERMINISTIC})")
+            problems.append(
+                f"DPO beta={beta:g} is not deterministic (min max-prob {dpo_max.min():.4f} "
+                f"< {DETERMINISTIC})"
+            )
         if ipo_gap.max() > CLOSED_FORM_TOL:
-            problems.append(f"IPO tau={beta:g} is {ipo_gap.max():.4f} from its closed-form optimum "
-                            f"(> {CLOSED_FORM_TOL})")
+            problems.append(
+                f"IPO tau={beta:g} is {ipo_gap.max():.4f} from its closed-form optimum "
+                f"(> {CLOSED_FORM_TOL})"
+            )
         if ipo_max.max() >= dpo_max.min():
-            problems.append(f"IPO tau={beta:g} is as peaked as DPO (max-prob {ipo_max.max():.4f} >= "
-                            f"{dpo_max.min():.4f})")
+            problems.append(
+                f"IPO tau={beta:g} is as peaked as DPO (max-prob {ipo_max.max():.4f} >= "
+                f"{dpo_max.min():.4f})"
+            )
     supported = not problems
     betas_txt = ", ".join(f"{b:g}" for b in s["betas"])
     dpo_min = min(checks[("dpo", b)][0].min() for b in s["betas"])
     if supported:
         ipo_txt = "; ".join(f"tau={b:g}: pi(y1)={optima[b][0]:.3f}" for b in s["betas"])
-        verdict = (f"DPO reached max-prob >= {dpo_min:.4f} for every beta in [{betas_txt}] and every seed; IPO "
-                   f"matched its closed-form optimum within {CLOSED_FORM_TOL} for every tau ({ipo_txt}).")
+        verdict = (
+            f"DPO reached max-prob >= {dpo_min:.4f} for every beta in [{betas_txt}] and every seed; IPO "
+            f"matched its closed-form optimum within {CLOSED_FORM_TOL} for every tau ({ipo_txt})."
+        )
     else:
         verdict = "Not supported: " + "; ".join(problems)
 
-    plot = plot_curves(curves, steps_logged, optima,
-                       os.path.join(args.out, "pi_best_vs_step.png"))
-    bars = common.bar_plot(rows, "max_prob", os.path.join(args.out, "max_prob.png"),
-                           title="final max_a pi(a) (1 = deterministic)")
-    return common.write_results(args.out, name=NAME, paper=PAPER, claim=CLAIM, supported=supported,
-                                verdict=verdict, rows=rows, settings=s, quick=args.quick,
-                                wall_clock_s=time.perf_counter() - t0, plots=[plot, bars])
+    plot = plot_curves(curves, steps_logged, optima, os.path.join(args.out, "pi_best_vs_step.png"))
+    bars = common.bar_plot(
+        rows,
+        "max_prob",
+        os.path.join(args.out, "max_prob.png"),
+        title="final max_a pi(a) (1 = deterministic)",
+    )
+    return common.write_results(
+        args.out,
+        name=NAME,
+        paper=PAPER,
+        claim=CLAIM,
+        supported=supported,
+        verdict=verdict,
+        rows=rows,
+        settings=s,
+        quick=args.quick,
+        wall_clock_s=time.perf_counter() - t0,
+        plots=[plot, bars],
+    )
 
 
 if __name__ == "__main__":

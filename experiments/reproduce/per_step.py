@@ -31,31 +31,62 @@ import time
 
 import numpy as np
 
-from alignment import learners
-from alignment import tasks
+from alignment import learners, tasks
 from alignment.engine.config import get_config, load_file
 from alignment.tokenizer import tiny_tokenizer
-from experiments.pipelines import per_step
-from experiments.pipelines import stages
+from experiments.pipelines import per_step, stages
 from experiments.reproduce import common
 
 NAME = "per_step"
-PAPER = ("Setlur, Garg, Geng, Garg, Smith, Kumar (2024). RL on incorrect synthetic data scales the "
-         "efficiency of LLM math reasoning by eight-fold. arXiv:2406.14532")
-CLAIM = ("At an equal number of problems, DPO on per-step negatives (correct solution vs incorrect "
-         "prefix through its first-pit critical step, Monte-Carlo best-of-5 step values, reference = "
-         "SFT) beats RFT, RFT beats SFT, and naive full-response DPO does not beat SFT "
-         "(per-step DPO > RFT > SFT >= naive DPO).")
+PAPER = (
+    "Setlur, Garg, Geng, Garg, Smith, Kumar (2024). RL on incorrect synthetic data scales the "
+    "efficiency of LLM math reasoning by eight-fold. arXiv:2406.14532"
+)
+CLAIM = (
+    "At an equal number of problems, DPO on per-step negatives (correct solution vs incorrect "
+    "prefix through its first-pit critical step, Monte-Carlo best-of-5 step values, reference = "
+    "SFT) beats RFT, RFT beats SFT, and naive full-response DPO does not beat SFT "
+    "(per-step DPO > RFT > SFT >= naive DPO)."
+)
 METHODS = ("sft", "rft", "per_step", "naive")
-CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                      "configs", "per_step.py")
+CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "configs",
+    "per_step.py",
+)
 
-FULL = dict(num_problems=256, sft_steps=300, sft_lr=3e-3, sft_batch=32, samples_per_problem=4, rollouts=5, k=5,
-            negatives_per_problem=1, train_steps=64, train_batch=16, train_lr=3e-4, beta=0.1,
-            max_new_tokens=40, eval_prompts=256)
-QUICK = dict(num_problems=8, sft_steps=20, sft_lr=3e-3, sft_batch=8, samples_per_problem=2, rollouts=2, k=2,
-             negatives_per_problem=1, train_steps=2, train_batch=8, train_lr=3e-4, beta=0.1,
-             max_new_tokens=32, eval_prompts=8)
+FULL = dict(
+    num_problems=256,
+    sft_steps=300,
+    sft_lr=3e-3,
+    sft_batch=32,
+    samples_per_problem=4,
+    rollouts=5,
+    k=5,
+    negatives_per_problem=1,
+    train_steps=64,
+    train_batch=16,
+    train_lr=3e-4,
+    beta=0.1,
+    max_new_tokens=40,
+    eval_prompts=256,
+)
+QUICK = dict(
+    num_problems=8,
+    sft_steps=20,
+    sft_lr=3e-3,
+    sft_batch=8,
+    samples_per_problem=2,
+    rollouts=2,
+    k=2,
+    negatives_per_problem=1,
+    train_steps=2,
+    train_batch=8,
+    train_lr=3e-4,
+    beta=0.1,
+    max_new_tokens=32,
+    eval_prompts=8,
+)
 
 log = logging.getLogger("alignment.reproduce.per_step")
 
@@ -70,30 +101,47 @@ def make_task():
 
 def sft_stage(task, workdir: str, s: dict, seed: int) -> str:
     """pi_sft: a fresh tiny model SFT'd on the N problems' synthetic solutions (WORKDIR/hf)."""
-    data_dir = stages.write_demonstrations(task, os.path.join(workdir, "data"), num_prompts=s["num_problems"],
-                                           seed=seed, num_eval=16)
-    c = stages.sft_stage_config(steps=s["sft_steps"], lr=s["sft_lr"], batch=s["sft_batch"], max_prompt_len=32,
-                                max_len=96)
+    data_dir = stages.write_demonstrations(
+        task, os.path.join(workdir, "data"), num_prompts=s["num_problems"], seed=seed, num_eval=16
+    )
+    c = stages.sft_stage_config(
+        steps=s["sft_steps"], lr=s["sft_lr"], batch=s["sft_batch"], max_prompt_len=32, max_len=96
+    )
     c.task = "arithmetic"
-    return stages.run_stage(stages.with_data(c, data_dir=data_dir, seed=seed, tokenizer="tiny", init_from=""),
-                            workdir)
+    return stages.run_stage(
+        stages.with_data(c, data_dir=data_dir, seed=seed, tokenizer="tiny", init_from=""), workdir
+    )
 
 
 def method_config(method: str, s: dict, seed: int, sft_hf: str, samples_dir: str):
-    return get_config(CONFIG, f"tiny,method={method}", {
-        # seed: also every stage's seed and data.seed; the rft stage follows the preference stage's
-        # steps, batch, warmup and logging
-        "seed": seed, "init_from": sft_hf, "tokenizer": "tiny",
-        "preference.num_train_steps": s["train_steps"], "preference.checkpoint_every_steps": s["train_steps"],
-        "preference.global_batch_size": s["train_batch"], "preference.optim.learning_rate": s["train_lr"],
-        "preference.optim.warmup_steps": max(1, s["train_steps"] // 10), "preference.loss_kwargs.beta": s["beta"],
-        "preference.log_every_steps": max(1, s["train_steps"] // 4), "preference.progress_bar": False,
-        "per_step.num_problems": s["num_problems"], "per_step.samples_per_problem": s["samples_per_problem"],
-        "per_step.rollouts": s["rollouts"], "per_step.k": s["k"],
-        "per_step.negatives_per_problem": s["negatives_per_problem"],
-        "per_step.max_new_tokens": s["max_new_tokens"], "per_step.rft_learning_rate": s["train_lr"],
-        "per_step.samples_dir": samples_dir, "per_step.chosen": "sample_or_demonstration",
-    })
+    return get_config(
+        CONFIG,
+        f"tiny,method={method}",
+        {
+            # seed: also every stage's seed and data.seed; the rft stage follows the preference stage's
+            # steps, batch, warmup and logging
+            "seed": seed,
+            "init_from": sft_hf,
+            "tokenizer": "tiny",
+            "preference.num_train_steps": s["train_steps"],
+            "preference.checkpoint_every_steps": s["train_steps"],
+            "preference.global_batch_size": s["train_batch"],
+            "preference.optim.learning_rate": s["train_lr"],
+            "preference.optim.warmup_steps": max(1, s["train_steps"] // 10),
+            "preference.loss_kwargs.beta": s["beta"],
+            "preference.log_every_steps": max(1, s["train_steps"] // 4),
+            "preference.progress_bar": False,
+            "per_step.num_problems": s["num_problems"],
+            "per_step.samples_per_problem": s["samples_per_problem"],
+            "per_step.rollouts": s["rollouts"],
+            "per_step.k": s["k"],
+            "per_step.negatives_per_problem": s["negatives_per_problem"],
+            "per_step.max_new_tokens": s["max_new_tokens"],
+            "per_step.rft_learning_rate": s["train_lr"],
+            "per_step.samples_dir": samples_dir,
+            "per_step.chosen": "sample_or_demonstration",
+        },
+    )
 
 
 def run_method(method: str, s: dict, seed: int, sft_hf: str, seed_dir: str) -> tuple[str, dict]:
@@ -102,7 +150,9 @@ def run_method(method: str, s: dict, seed: int, sft_hf: str, seed_dir: str) -> t
     hf = os.path.join(workdir, "hf")
     if not os.path.isfile(os.path.join(hf, "config.json")):
         try:
-            learners.run(method_config(method, s, seed, sft_hf, os.path.join(seed_dir, "samples")), workdir)
+            learners.run(
+                method_config(method, s, seed, sft_hf, os.path.join(seed_dir, "samples")), workdir
+            )
         except per_step.NoTrainingRows as e:
             log.warning("%s seed %d: %s; its policy stays pi_sft", method, seed, e)
             return sft_hf, dict(per_step.summary(workdir) or {}, untrained=True)
@@ -111,14 +161,25 @@ def run_method(method: str, s: dict, seed: int, sft_hf: str, seed_dir: str) -> t
 
 def accuracy(policy_hf: str, task, prompts, s: dict, cache: str) -> float:
     """Greedy verifier accuracy on `prompts` (cached in `cache`)."""
-    key = {"policy": os.path.abspath(policy_hf), "prompts": len(prompts), "max_new_tokens": s["max_new_tokens"]}
+    key = {
+        "policy": os.path.abspath(policy_hf),
+        "prompts": len(prompts),
+        "max_new_tokens": s["max_new_tokens"],
+    }
     if os.path.isfile(cache):
         with open(cache) as f:
             got = json.load(f)
         if got["settings"] == key:
             return float(got["accuracy"])
-    out = stages.sample(policy_hf, tiny_tokenizer(), prompts, samples_per_prompt=1,
-                        max_new_tokens=s["max_new_tokens"], temperature=0.0, seed=0)
+    out = stages.sample(
+        policy_hf,
+        tiny_tokenizer(),
+        prompts,
+        samples_per_prompt=1,
+        max_new_tokens=s["max_new_tokens"],
+        temperature=0.0,
+        seed=0,
+    )
     acc = float(np.mean([task.verify(p, row[0]) for p, row in zip(prompts, out.texts)]))
     with open(cache + ".tmp", "w") as f:
         json.dump({"settings": key, "accuracy": acc}, f)
@@ -128,17 +189,27 @@ def accuracy(policy_hf: str, task, prompts, s: dict, cache: str) -> float:
 
 def decide(rows: dict[str, dict]) -> tuple[bool, str]:
     """The docstring's rule on {method: common.stats(...)} of accuracy."""
+
     def beats(a, b):
         return rows[a]["mean"] > rows[b]["mean"] + max(rows[a]["std"], rows[b]["std"])
-    checks = {"per_step > rft": beats("per_step", "rft"), "rft > sft": beats("rft", "sft"),
-              "naive <= sft + std": rows["naive"]["mean"] <= rows["sft"]["mean"] + rows["sft"]["std"]}
+
+    checks = {
+        "per_step > rft": beats("per_step", "rft"),
+        "rft > sft": beats("rft", "sft"),
+        "naive <= sft + std": rows["naive"]["mean"] <= rows["sft"]["mean"] + rows["sft"]["std"],
+    }
     means = ", ".join(f"{m} {rows[m]['mean']:.3f} ± {rows[m]['std']:.3f}" for m in METHODS)
     failed = [k for k, ok in checks.items() if not ok]
     if not failed:
-        return True, f"supported: per-step DPO > RFT > SFT >= naive DPO beyond the seed spread ({means})"
+        return (
+            True,
+            f"supported: per-step DPO > RFT > SFT >= naive DPO beyond the seed spread ({means})",
+        )
     held = [k for k, ok in checks.items() if ok]
-    return False, (f"not supported: {', '.join(failed)} fail(s) beyond the seed spread"
-                   f"{' (holding: ' + ', '.join(held) + ')' if held else ''}; accuracy {means}")
+    return False, (
+        f"not supported: {', '.join(failed)} fail(s) beyond the seed spread"
+        f"{' (holding: ' + ', '.join(held) + ')' if held else ''}; accuracy {means}"
+    )
 
 
 def main(argv=None) -> dict:
@@ -150,8 +221,18 @@ def main(argv=None) -> dict:
     eval_prompts = task.prompts("test", s["eval_prompts"], 0)
     seeds = list(range(args.seeds))
     acc = {m: [] for m in METHODS}
-    diag = {k: [] for k in ("sft_sample_accuracy", "rft_examples", "per_step_pairs", "naive_pairs",
-                            "critical_is_first_error", "dropped_negatives_no_pit", "dropped_problems_no_incorrect")}
+    diag = {
+        k: []
+        for k in (
+            "sft_sample_accuracy",
+            "rft_examples",
+            "per_step_pairs",
+            "naive_pairs",
+            "critical_is_first_error",
+            "dropped_negatives_no_pit",
+            "dropped_problems_no_incorrect",
+        )
+    }
     untrained = []
     for seed in seeds:
         seed_dir = os.path.join(args.workdir, f"seed{seed}")
@@ -162,29 +243,66 @@ def main(argv=None) -> dict:
             if stats[method]["untrained"]:
                 untrained.append(f"{method}/seed{seed}")
         for method in METHODS:
-            acc[method].append(accuracy(policies[method], task, eval_prompts, s,
-                                        os.path.join(seed_dir, f"accuracy_{method}.json")))
+            acc[method].append(
+                accuracy(
+                    policies[method],
+                    task,
+                    eval_prompts,
+                    s,
+                    os.path.join(seed_dir, f"accuracy_{method}.json"),
+                )
+            )
         diag["sft_sample_accuracy"].append(stats["rft"].get("sample_accuracy", float("nan")))
         diag["rft_examples"].append(stats["rft"].get("rft_examples", 0))
         diag["per_step_pairs"].append(stats["per_step"].get("pairs", 0))
         diag["naive_pairs"].append(stats["naive"].get("pairs", 0))
-        diag["critical_is_first_error"].append(stats["per_step"].get("critical_is_first_error", float("nan")))
-        diag["dropped_negatives_no_pit"].append(stats["per_step"].get("dropped_negatives_no_pit", 0))
-        diag["dropped_problems_no_incorrect"].append(stats["per_step"].get("dropped_problems_no_incorrect", 0))
+        diag["critical_is_first_error"].append(
+            stats["per_step"].get("critical_is_first_error", float("nan"))
+        )
+        diag["dropped_negatives_no_pit"].append(
+            stats["per_step"].get("dropped_negatives_no_pit", 0)
+        )
+        diag["dropped_problems_no_incorrect"].append(
+            stats["per_step"].get("dropped_problems_no_incorrect", 0)
+        )
         log.info("seed %d: %s", seed, {m: acc[m][-1] for m in METHODS})
     rows = [common.row(m, seeds, accuracy=acc[m]) for m in METHODS]
     supported, verdict = decide({r["method"]: r["accuracy"] for r in rows})
     if untrained:
         verdict += f"; untrained (no data, policy = SFT): {', '.join(untrained)}"
     # a statistic with nothing to count (e.g. no pair had a checkable first error) is null, not NaN
-    diag = {k: [None if isinstance(v, float) and not np.isfinite(v) else v for v in vals] for k, vals in diag.items()}
-    settings = dict(s, task="arithmetic", task_kwargs=load_config_module().EASY_ARITHMETIC,
-                    eval="greedy verifier accuracy on held-out test problems", per_seed_diagnostics=diag)
-    plots = [common.bar_plot(rows, "accuracy", os.path.join(args.out, "accuracy.png"),
-                             title="per-step negatives: held-out accuracy")]
-    return common.write_results(args.out, name=NAME, paper=PAPER, claim=CLAIM, supported=supported, verdict=verdict,
-                                rows=rows, settings=settings, quick=args.quick, wall_clock_s=time.time() - start,
-                                plots=plots)
+    diag = {
+        k: [None if isinstance(v, float) and not np.isfinite(v) else v for v in vals]
+        for k, vals in diag.items()
+    }
+    settings = dict(
+        s,
+        task="arithmetic",
+        task_kwargs=load_config_module().EASY_ARITHMETIC,
+        eval="greedy verifier accuracy on held-out test problems",
+        per_seed_diagnostics=diag,
+    )
+    plots = [
+        common.bar_plot(
+            rows,
+            "accuracy",
+            os.path.join(args.out, "accuracy.png"),
+            title="per-step negatives: held-out accuracy",
+        )
+    ]
+    return common.write_results(
+        args.out,
+        name=NAME,
+        paper=PAPER,
+        claim=CLAIM,
+        supported=supported,
+        verdict=verdict,
+        rows=rows,
+        settings=settings,
+        quick=args.quick,
+        wall_clock_s=time.time() - start,
+        plots=plots,
+    )
 
 
 if __name__ == "__main__":

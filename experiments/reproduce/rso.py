@@ -54,8 +54,7 @@ import time
 import numpy as np
 
 from alignment import metrics as metrics_lib
-from alignment import pretrain
-from alignment import tasks
+from alignment import pretrain, tasks
 from alignment.engine.config import get_config
 from alignment.tokenizer import Tokenizer
 from experiments.pipelines import stages
@@ -63,8 +62,10 @@ from experiments.reproduce import common
 
 NAME = "rso"
 PAPER = "Liu et al., 2023, Statistical Rejection Sampling Improves Preference Optimization (RSO)"
-CLAIM = ("Preference pairs from statistical rejection sampling of pi_r ∝ pi_sft exp(r/beta) beat pairs of plain SFT "
-         "samples: RSO > DPO and RSO > SLiC on gold win rate against the SFT policy, and an intermediate beta is best.")
+CLAIM = (
+    "Preference pairs from statistical rejection sampling of pi_r ∝ pi_sft exp(r/beta) beat pairs of plain SFT "
+    "samples: RSO > DPO and RSO > SLiC on gold win rate against the SFT policy, and an intermediate beta is best."
+)
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -72,21 +73,51 @@ def settings_for(quick: bool) -> dict:
     """Every knob of the run (recorded in results.json)."""
     return {
         "task": "sentiment",
-        "sft": {"steps": 3 if quick else 60, "num_prompts": 64 if quick else 2048, "batch": 16 if quick else 64,
-                "lr": 1e-3, "max_prompt_len": 24, "max_len": 48},
-        "rm": {"steps": 3 if quick else 60, "batch": 16, "lr": 1e-3, "warmup": 1 if quick else 6,
-               "label_temperature": 0.5, "num_examples": 64 if quick else 1024, "num_eval": 16 if quick else 128},
-        "gen": {"num_prompts": 8 if quick else 48, "num_samples": 6 if quick else 16, "num_accepted": 4 if quick else 8,
-                "temperature": 0.7, "top_k": 40, "max_new_tokens": 24},
-        "train": {"steps": 3 if quick else 30, "batch": 8 if quick else 32, "lr": 3e-4, "warmup": 1 if quick else 6,
-                  "gamma": 0.05},
+        "sft": {
+            "steps": 3 if quick else 60,
+            "num_prompts": 64 if quick else 2048,
+            "batch": 16 if quick else 64,
+            "lr": 1e-3,
+            "max_prompt_len": 24,
+            "max_len": 48,
+        },
+        "rm": {
+            "steps": 3 if quick else 60,
+            "batch": 16,
+            "lr": 1e-3,
+            "warmup": 1 if quick else 6,
+            "label_temperature": 0.5,
+            "num_examples": 64 if quick else 1024,
+            "num_eval": 16 if quick else 128,
+        },
+        "gen": {
+            "num_prompts": 8 if quick else 48,
+            "num_samples": 6 if quick else 16,
+            "num_accepted": 4 if quick else 8,
+            "temperature": 0.7,
+            "top_k": 40,
+            "max_new_tokens": 24,
+        },
+        "train": {
+            "steps": 3 if quick else 30,
+            "batch": 8 if quick else 32,
+            "lr": 3e-4,
+            "warmup": 1 if quick else 6,
+            "gamma": 0.05,
+        },
         "headline_beta": 0.5,
         "betas": [0.5] if quick else [0.1, 0.5, 2.5],
         # the hinge-norm pair (SLiC, RSO-hinge) only in the full run: --quick is a smoke test of the
         # pipeline and its CPU budget (the hinge path of the RSO pipeline has its own tests)
         "hinge": not quick,
-        "eval": {"num_prompts": 4 if quick else 32, "samples_per_prompt": 2 if quick else 4, "max_new_tokens": 24,
-                 "temperature": 1.0, "seed": 0, "split": "test"},
+        "eval": {
+            "num_prompts": 4 if quick else 32,
+            "samples_per_prompt": 2 if quick else 4,
+            "max_new_tokens": 24,
+            "temperature": 1.0,
+            "seed": 0,
+            "split": "test",
+        },
     }
 
 
@@ -101,6 +132,7 @@ def methods_for(s: dict) -> list[tuple[str, str, str, float]]:
 
 # ----------------------------------------------------------------------------- stages
 
+
 def base_policy() -> str:
     """The shipped tiny sentiment base (the default experiment's `pretrain` config)."""
     cfg = get_config(os.path.join(REPO, "configs", "default.py"))
@@ -109,9 +141,19 @@ def base_policy() -> str:
 
 def sft(base: str, workdir: str, seed: int, s: dict) -> str:
     c = s["sft"]
-    return stages.sft_policy(s["task"], os.path.join(workdir, "sft"), steps=c["steps"], num_prompts=c["num_prompts"],
-                             seed=seed, tokenizer=base, init_from=base, lr=c["lr"], batch=c["batch"],
-                             max_prompt_len=c["max_prompt_len"], max_len=c["max_len"])
+    return stages.sft_policy(
+        s["task"],
+        os.path.join(workdir, "sft"),
+        steps=c["steps"],
+        num_prompts=c["num_prompts"],
+        seed=seed,
+        tokenizer=base,
+        init_from=base,
+        lr=c["lr"],
+        batch=c["batch"],
+        max_prompt_len=c["max_prompt_len"],
+        max_len=c["max_len"],
+    )
 
 
 def _quiet(c, steps: int) -> None:
@@ -128,8 +170,10 @@ def _quiet(c, steps: int) -> None:
 def reward_model_config(base: str, sft_hf: str, seed: int, s: dict):
     """`configs/reward_model.py:tiny` on noisy gold-labelled sentiment pairs, from the SFT policy."""
     r = s["rm"]
-    c = get_config(os.path.join(REPO, "configs", "reward_model.py"),
-                   f"tiny,task={s['task']},label_temperature={r['label_temperature']}")
+    c = get_config(
+        os.path.join(REPO, "configs", "reward_model.py"),
+        f"tiny,task={s['task']},label_temperature={r['label_temperature']}",
+    )
     _quiet(c, r["steps"])
     c.seed = seed
     c.tokenizer = base
@@ -147,11 +191,15 @@ def reward_model_config(base: str, sft_hf: str, seed: int, s: dict):
     return c
 
 
-def method_config(sampler: str, loss: str, beta: float, *, base: str, sft_hf: str, rm_hf: str, seed: int, s: dict):
+def method_config(
+    sampler: str, loss: str, beta: float, *, base: str, sft_hf: str, rm_hf: str, seed: int, s: dict
+):
     """`configs/rso.py` for one method: same prompts, pair count, proxy and training for all."""
     g, t = s["gen"], s["train"]
-    c = get_config(os.path.join(REPO, "configs", "rso.py"),
-                   f"task={s['task']},loss={loss},sampler={sampler},pairing=random,beta={beta}")
+    c = get_config(
+        os.path.join(REPO, "configs", "rso.py"),
+        f"task={s['task']},loss={loss},sampler={sampler},pairing=random,beta={beta}",
+    )
     _quiet(c.preference, t["steps"])
     c.seed = seed  # also the stages' seed and data.seed
     c.tokenizer = base
@@ -180,15 +228,31 @@ def proxy_spread(workdir: str) -> dict:
     """Proxy statistics of a run's generation (`rso.json`): its reward of all / accepted samples."""
     with open(os.path.join(workdir, "rso.json")) as f:
         tr = json.load(f)["train"]
-    return {k: tr[k] for k in ("reward_mean_all", "reward_mean_accepted", "gold_mean_all", "gold_mean_accepted",
-                               "pairs_written", "first_round_acceptance_rate") if k in tr}
+    return {
+        k: tr[k]
+        for k in (
+            "reward_mean_all",
+            "reward_mean_accepted",
+            "gold_mean_all",
+            "gold_mean_accepted",
+            "pairs_written",
+            "first_round_acceptance_rate",
+        )
+        if k in tr
+    }
 
 
 def rm_accuracy(workdir: str) -> float:
     """Held-out accuracy of the reward model against gold labels (its last eval)."""
-    lines = [r for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "eval_accuracy" in r]
+    lines = [
+        r
+        for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+        if "eval_accuracy" in r
+    ]
     if not lines:
-        raise ValueError(f"{workdir}/metrics.jsonl has no eval_accuracy: the reward model was not evaluated")
+        raise ValueError(
+            f"{workdir}/metrics.jsonl has no eval_accuracy: the reward model was not evaluated"
+        )
     return float(lines[-1]["eval_accuracy"])
 
 
@@ -211,12 +275,25 @@ def run_seed(seed: int, base: str, workdir: str, s: dict) -> dict:
     for name, sampler, loss, beta in methods_for(s):
         key = f"{sampler}_{loss}" + (f"_b{beta:g}" if sampler == "rso" else "")
         run_dir = os.path.join(workdir, key)
-        hf = stages.run_stage(method_config(sampler, loss, beta, base=base, sft_hf=sft_hf, rm_hf=rm_hf, seed=seed,
-                                            s=s), run_dir)
-        ev = stages.evaluate(hf, sft_hf, tokenizer, task, path=os.path.join(workdir, f"eval_{key}.json"),
-                             num_prompts=e["num_prompts"], samples_per_prompt=e["samples_per_prompt"],
-                             max_new_tokens=e["max_new_tokens"], temperature=e["temperature"], seed=e["seed"],
-                             split=e["split"])
+        hf = stages.run_stage(
+            method_config(
+                sampler, loss, beta, base=base, sft_hf=sft_hf, rm_hf=rm_hf, seed=seed, s=s
+            ),
+            run_dir,
+        )
+        ev = stages.evaluate(
+            hf,
+            sft_hf,
+            tokenizer,
+            task,
+            path=os.path.join(workdir, f"eval_{key}.json"),
+            num_prompts=e["num_prompts"],
+            samples_per_prompt=e["samples_per_prompt"],
+            max_new_tokens=e["max_new_tokens"],
+            temperature=e["temperature"],
+            seed=e["seed"],
+            split=e["split"],
+        )
         out["methods"][name] = {"eval": ev, "generation": proxy_spread(run_dir)}
         if name == "DPO":
             out["proxy_std"] = proxy_std(run_dir)
@@ -224,6 +301,7 @@ def run_seed(seed: int, base: str, workdir: str, s: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- decision
+
 
 def best_is_interior(sweep: list[tuple[float, float]]) -> bool:
     """True when the largest mean of the (beta, mean) points (beta = inf allowed) is at neither
@@ -248,13 +326,17 @@ def decide(rows: dict, sweep: list[tuple[float, float]]) -> tuple[bool, str]:
         spread = max(ra["std"], rb["std"])
         good = gap > spread
         ok &= good
-        parts.append(f"{a} {ra['mean']:.3f} ± {ra['std']:.3f} vs {b} {rb['mean']:.3f} ± {rb['std']:.3f} "
-                     f"({'beats' if good else 'does not beat'} it by more than the larger std)")
+        parts.append(
+            f"{a} {ra['mean']:.3f} ± {ra['std']:.3f} vs {b} {rb['mean']:.3f} ± {rb['std']:.3f} "
+            f"({'beats' if good else 'does not beat'} it by more than the larger std)"
+        )
     interior = best_is_interior(sweep)
     ok &= interior
     best = max(sweep, key=lambda p: p[1])
-    parts.append(f"best beta of the sweep {best[0]:g} (win rate {best[1]:.3f}) "
-                 f"{'is intermediate' if interior else 'is at an end of the range'}")
+    parts.append(
+        f"best beta of the sweep {best[0]:g} (win rate {best[1]:.3f}) "
+        f"{'is intermediate' if interior else 'is at an end of the range'}"
+    )
     return ok, ("Supported: " if ok else "Not supported: ") + "; ".join(parts) + "."
 
 
@@ -265,44 +347,82 @@ def main(argv=None) -> dict:
     seeds = list(range(args.seeds))
     base = base_policy()
     s["base"] = base
-    per_seed = {seed: run_seed(seed, base, os.path.join(args.workdir, f"seed{seed}"), s) for seed in seeds}
+    per_seed = {
+        seed: run_seed(seed, base, os.path.join(args.workdir, f"seed{seed}"), s) for seed in seeds
+    }
 
     rows = []
     for name, sampler, loss, beta in methods_for(s):
         m = [per_seed[seed]["methods"][name] for seed in seeds]
-        rows.append(common.row(
-            name, seeds,
-            win_rate_vs_sft=[x["eval"]["win_rate"] for x in m],
-            gold_reward=[x["eval"]["gold_reward"] for x in m],
-            kl_vs_sft=[x["eval"]["kl"] for x in m],
-            pair_gold=[x["generation"]["gold_mean_accepted"] for x in m],
-            pair_proxy=[x["generation"]["reward_mean_accepted"] for x in m]))
+        rows.append(
+            common.row(
+                name,
+                seeds,
+                win_rate_vs_sft=[x["eval"]["win_rate"] for x in m],
+                gold_reward=[x["eval"]["gold_reward"] for x in m],
+                kl_vs_sft=[x["eval"]["kl"] for x in m],
+                pair_gold=[x["generation"]["gold_mean_accepted"] for x in m],
+                pair_proxy=[x["generation"]["reward_mean_accepted"] for x in m],
+            )
+        )
     sft_gold = [per_seed[seed]["methods"]["DPO"]["eval"]["reference_gold_reward"] for seed in seeds]
-    rows.insert(0, common.row("SFT", seeds, gold_reward=sft_gold,
-                              rm_gold_accuracy=[per_seed[x]["rm_accuracy"] for x in seeds],
-                              proxy_std=[per_seed[x]["proxy_std"] for x in seeds]))
+    rows.insert(
+        0,
+        common.row(
+            "SFT",
+            seeds,
+            gold_reward=sft_gold,
+            rm_gold_accuracy=[per_seed[x]["rm_accuracy"] for x in seeds],
+            proxy_std=[per_seed[x]["proxy_std"] for x in seeds],
+        ),
+    )
     by_name = {r["method"]: r for r in rows}
     win = {r["method"]: r["win_rate_vs_sft"] for r in rows if "win_rate_vs_sft" in r}
     sweep_rows = {b: ("RSO" if b == s["headline_beta"] else f"RSO b={b:g}") for b in s["betas"]}
     sweep = [(b, win[n]["mean"]) for b, n in sweep_rows.items()] + [(math.inf, win["DPO"]["mean"])]
     supported, verdict = decide(win, sweep)
-    verdict += (f" Proxy: held-out agreement with gold {by_name['SFT']['rm_gold_accuracy']['mean']:.3f}, "
-                f"std over SFT samples {by_name['SFT']['proxy_std']['mean']:.2f}.")
+    verdict += (
+        f" Proxy: held-out agreement with gold {by_name['SFT']['rm_gold_accuracy']['mean']:.3f}, "
+        f"std over SFT samples {by_name['SFT']['proxy_std']['mean']:.2f}."
+    )
 
     lo, hi = min(s["betas"]), max(s["betas"])
-    series = {"RSO (sigmoid-norm)": [(b, win[n]["mean"], win[n]["std"]) for b, n in sweep_rows.items()],
-              "DPO (= beta inf)": [(lo, win["DPO"]["mean"], win["DPO"]["std"]),
-                                   (hi, win["DPO"]["mean"], win["DPO"]["std"])]}
-    curve = common.line_plot(series, os.path.join(args.out, "win_rate_vs_beta.png"), xlabel="RSO beta",
-                             ylabel="gold win rate vs SFT", logx=True,
-                             title=f"RSO beta sweep ({len(seeds)} seeds, mean ± std)")
-    bars = common.bar_plot([r for r in rows if "win_rate_vs_sft" in r], "win_rate_vs_sft",
-                           os.path.join(args.out, "win_rate.png"), title="gold (VADER) win rate vs SFT")
+    series = {
+        "RSO (sigmoid-norm)": [(b, win[n]["mean"], win[n]["std"]) for b, n in sweep_rows.items()],
+        "DPO (= beta inf)": [
+            (lo, win["DPO"]["mean"], win["DPO"]["std"]),
+            (hi, win["DPO"]["mean"], win["DPO"]["std"]),
+        ],
+    }
+    curve = common.line_plot(
+        series,
+        os.path.join(args.out, "win_rate_vs_beta.png"),
+        xlabel="RSO beta",
+        ylabel="gold win rate vs SFT",
+        logx=True,
+        title=f"RSO beta sweep ({len(seeds)} seeds, mean ± std)",
+    )
+    bars = common.bar_plot(
+        [r for r in rows if "win_rate_vs_sft" in r],
+        "win_rate_vs_sft",
+        os.path.join(args.out, "win_rate.png"),
+        title="gold (VADER) win rate vs SFT",
+    )
     s["seeds"] = seeds
     s["methods"] = [list(m) for m in methods_for(s)]
-    return common.write_results(args.out, name=NAME, paper=PAPER, claim=CLAIM, supported=supported, verdict=verdict,
-                                rows=rows, settings=s, quick=args.quick, wall_clock_s=time.perf_counter() - t0,
-                                plots=[curve, bars])
+    return common.write_results(
+        args.out,
+        name=NAME,
+        paper=PAPER,
+        claim=CLAIM,
+        supported=supported,
+        verdict=verdict,
+        rows=rows,
+        settings=s,
+        quick=args.quick,
+        wall_clock_s=time.perf_counter() - t0,
+        plots=[curve, bars],
+    )
 
 
 if __name__ == "__main__":

@@ -50,10 +50,14 @@ from experiments.pipelines import stages
 from experiments.reproduce import common
 
 NAME = "sail"
-PAPER = "Ding et al., 2024, SAIL: Self-Improving Efficient Online Alignment of Large Language Models"
-CLAIM = ("Online preference learning on pairs sampled from the current policy with SAIL's extra gradient term "
-         "(SAIL-PR) beats offline DPO on pairs sampled once from the SFT policy, in gold reward and in win rate "
-         "against the SFT policy.")
+PAPER = (
+    "Ding et al., 2024, SAIL: Self-Improving Efficient Online Alignment of Large Language Models"
+)
+CLAIM = (
+    "Online preference learning on pairs sampled from the current policy with SAIL's extra gradient term "
+    "(SAIL-PR) beats offline DPO on pairs sampled once from the SFT policy, in gold reward and in win rate "
+    "against the SFT policy."
+)
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TASK = "sorting"
 TASK_KWARGS = {"length": (3, 4), "value_range": (0, 9)}  # configs/ppo.py TINY_TASKS["sorting"]
@@ -62,13 +66,38 @@ TASK_KWARGS = {"length": (3, 4), "value_range": (0, 9)}  # configs/ppo.py TINY_T
 def settings_for(quick: bool) -> dict:
     """Every knob of the run (recorded in results.json)."""
     if quick:
-        return dict(sft_steps=80, sft_prompts=512, steps=2, prompts=8, group=8, epochs=1, lr=3e-5, score_coef=0.03,
-                    eval_prompts=8, eval_samples=2, max_new_tokens=12, methods=["sail", "offline_dpo"])
-    return dict(sft_steps=300, sft_prompts=2048, steps=30, prompts=8, group=8, epochs=2, lr=3e-5, score_coef=0.03,
-                eval_prompts=64, eval_samples=4, max_new_tokens=12, methods=["sail", "online_dpo", "offline_dpo"])
+        return dict(
+            sft_steps=80,
+            sft_prompts=512,
+            steps=2,
+            prompts=8,
+            group=8,
+            epochs=1,
+            lr=3e-5,
+            score_coef=0.03,
+            eval_prompts=8,
+            eval_samples=2,
+            max_new_tokens=12,
+            methods=["sail", "offline_dpo"],
+        )
+    return dict(
+        sft_steps=300,
+        sft_prompts=2048,
+        steps=30,
+        prompts=8,
+        group=8,
+        epochs=2,
+        lr=3e-5,
+        score_coef=0.03,
+        eval_prompts=64,
+        eval_samples=4,
+        max_new_tokens=12,
+        methods=["sail", "online_dpo", "offline_dpo"],
+    )
 
 
 # ----------------------------------------------------------------------------- also used by online_gains.py
+
 
 def make_task():
     return tasks.get_task(TASK, **TASK_KWARGS)
@@ -81,20 +110,38 @@ def sft_stage(workdir: str, s: dict) -> str:
     hf = os.path.join(out, "hf")
     if os.path.isfile(os.path.join(hf, "config.json")):
         return hf
-    data = stages.write_demonstrations(make_task(), os.path.join(out, "data"), num_prompts=s["sft_prompts"], seed=0)
+    data = stages.write_demonstrations(
+        make_task(), os.path.join(out, "data"), num_prompts=s["sft_prompts"], seed=0
+    )
     c = stages.sft_stage_config(steps=s["sft_steps"], max_prompt_len=16, max_len=32)
     c.task = TASK
-    return stages.run_stage(stages.with_data(c, data_dir=data, seed=0, tokenizer="tiny", init_from=""), out)
+    return stages.run_stage(
+        stages.with_data(c, data_dir=data, seed=0, tokenizer="tiny", init_from=""), out
+    )
 
 
-def online_stage(name: str, arg: str, workdir: str, *, init_from: str, seed: int, s: dict, **overrides) -> str:
+def online_stage(
+    name: str, arg: str, workdir: str, *, init_from: str, seed: int, s: dict, **overrides
+) -> str:
     """`configs/<name>.py:<arg>` from `init_from` for `s["steps"]` online steps; returns its export."""
-    base = {"model.init_from": init_from, "tokenizer": "tiny", "seed": seed, "num_train_steps": s["steps"],
-            "checkpoint_every_steps": s["steps"], "keep_checkpoints": 1, "checkpoint_async": False,
-            "export_hf": True, "progress_bar": False, "tensorboard": False,
-            "log_every_steps": max(1, s["steps"] // 20), "optim.learning_rate": s["lr"],
-            "online.num_prompts": s["prompts"], "online.group_size": s["group"], "online.ppo_epochs": s["epochs"],
-            "online.max_new_tokens": s["max_new_tokens"]}
+    base = {
+        "model.init_from": init_from,
+        "tokenizer": "tiny",
+        "seed": seed,
+        "num_train_steps": s["steps"],
+        "checkpoint_every_steps": s["steps"],
+        "keep_checkpoints": 1,
+        "checkpoint_async": False,
+        "export_hf": True,
+        "progress_bar": False,
+        "tensorboard": False,
+        "log_every_steps": max(1, s["steps"] // 20),
+        "optim.learning_rate": s["lr"],
+        "online.num_prompts": s["prompts"],
+        "online.group_size": s["group"],
+        "online.ppo_epochs": s["epochs"],
+        "online.max_new_tokens": s["max_new_tokens"],
+    }
     base.update(overrides)
     c = get_config(os.path.join(REPO, "configs", f"{name}.py"), arg, base)
     return stages.run_stage(c, workdir)
@@ -103,9 +150,17 @@ def online_stage(name: str, arg: str, workdir: str, *, init_from: str, seed: int
 def evaluate(policy_hf: str, sft_hf: str, path: str, s: dict, *, seed: int) -> dict:
     """Held-out gold reward, win rate and KL against the SFT policy; sampling seed `seed` (both
     policies), so the SFT row's per-seed values carry the evaluation's sampling spread."""
-    return stages.evaluate(policy_hf, sft_hf, tiny_tokenizer(), make_task(), path=path,
-                           num_prompts=s["eval_prompts"], samples_per_prompt=s["eval_samples"],
-                           max_new_tokens=s["max_new_tokens"], seed=seed)
+    return stages.evaluate(
+        policy_hf,
+        sft_hf,
+        tiny_tokenizer(),
+        make_task(),
+        path=path,
+        num_prompts=s["eval_prompts"],
+        samples_per_prompt=s["eval_samples"],
+        max_new_tokens=s["max_new_tokens"],
+        seed=seed,
+    )
 
 
 def beats(rows: dict, a: str, b: str, metric: str) -> bool:
@@ -116,6 +171,7 @@ def beats(rows: dict, a: str, b: str, metric: str) -> bool:
 
 # ----------------------------------------------------------------------------- offline DPO
 
+
 def offline_pairs(sft_hf: str, workdir: str, *, seed: int, s: dict) -> str:
     """`workdir/{train,test}.jsonl`: gold-labelled pairs among `group` SFT samples per prompt
     (all pairs with different gold, up to `group` per prompt; ties and empty responses left out,
@@ -124,24 +180,44 @@ def offline_pairs(sft_hf: str, workdir: str, *, seed: int, s: dict) -> str:
         return workdir
     task = make_task()
     counts = {}
-    for split, name, n in (("train", "train", s["steps"] * s["prompts"]), ("validation", "test", 32)):
+    for split, name, n in (
+        ("train", "train", s["steps"] * s["prompts"]),
+        ("validation", "test", 32),
+    ):
         prompts = task.prompts(split, n, seed)
-        smp = stages.sample(sft_hf, tiny_tokenizer(), prompts, samples_per_prompt=s["group"],
-                            max_new_tokens=s["max_new_tokens"], seed=seed + 1000 * (split == "validation"))
-        gold = np.asarray([task.gold_rewards([p] * s["group"], texts) for p, texts in zip(prompts, smp.texts)])
+        smp = stages.sample(
+            sft_hf,
+            tiny_tokenizer(),
+            prompts,
+            samples_per_prompt=s["group"],
+            max_new_tokens=s["max_new_tokens"],
+            seed=seed + 1000 * (split == "validation"),
+        )
+        gold = np.asarray(
+            [task.gold_rewards([p] * s["group"], texts) for p, texts in zip(prompts, smp.texts)]
+        )
         # an empty response (EOS first) is a row the data pipeline refuses: left out, counted
         nonempty = np.asarray([[bool(t) for t in texts] for texts in smp.texts])
-        made = pairs.make_pairs(gold, strategy="all_pairs", seed=seed, mask=nonempty,
-                                max_pairs_per_group=s["group"])
-        rows = [{"prompt": prompts[g], "chosen": smp.texts[g][c], "rejected": smp.texts[g][r]}
-                for g, c, r in zip(made.group, made.chosen, made.rejected)]
+        made = pairs.make_pairs(
+            gold, strategy="all_pairs", seed=seed, mask=nonempty, max_pairs_per_group=s["group"]
+        )
+        rows = [
+            {"prompt": prompts[g], "chosen": smp.texts[g][c], "rejected": smp.texts[g][r]}
+            for g, c, r in zip(made.group, made.chosen, made.rejected)
+        ]
         data_lib.write_jsonl(rows, os.path.join(workdir, f"{name}.jsonl"))
-        counts[name] = {"prompts": n, "pairs": len(rows), "groups_without_pair": made.num_groups_without_pair,
-                        "empty_samples_left_out": int((~nonempty).sum())}
+        counts[name] = {
+            "prompts": n,
+            "pairs": len(rows),
+            "groups_without_pair": made.num_groups_without_pair,
+            "empty_samples_left_out": int((~nonempty).sum()),
+        }
         if not rows:
-            raise ValueError(f"offline DPO pairs: all {s['group']} SFT samples tie in gold reward for each of the {n} "
-                             f"{split} prompts, no pair to train on; a stronger SFT policy (sft_steps) or a larger "
-                             "group is needed")
+            raise ValueError(
+                f"offline DPO pairs: all {s['group']} SFT samples tie in gold reward for each of the {n} "
+                f"{split} prompts, no pair to train on; a stronger SFT policy (sft_steps) or a larger "
+                "group is needed"
+            )
     with open(os.path.join(workdir, "pairs.json"), "w") as f:
         json.dump(counts, f, indent=1)
     return workdir
@@ -151,17 +227,35 @@ def offline_dpo_stage(sft_hf: str, workdir: str, *, seed: int, s: dict) -> str:
     """DPO on the offline pairs: as many updates as SAIL (steps x epochs) of as many rows (prompts x group)."""
     data = offline_pairs(sft_hf, os.path.join(workdir, "data"), seed=seed, s=s)
     updates = s["steps"] * s["epochs"]
-    c = get_config(os.path.join(REPO, "configs", "dpo.py"), "tiny", {
-        "num_train_steps": updates, "global_batch_size": s["prompts"] * s["group"], "checkpoint_every_steps": updates,
-        "keep_checkpoints": 1, "checkpoint_async": False, "export_hf": True, "progress_bar": False,
-        "tensorboard": False, "eval_every_steps": 0, "log_every_steps": max(1, updates // 20),
-        "optim.learning_rate": s["lr"], "optim.warmup_steps": 0, "optim.schedule": "constant",
-        "data.max_prompt_len": 16, "data.max_len": 16 + s["max_new_tokens"], "task": TASK})
-    return stages.run_stage(stages.with_data(c, data_dir=data, seed=seed, tokenizer="tiny", init_from=sft_hf),
-                            workdir)
+    c = get_config(
+        os.path.join(REPO, "configs", "dpo.py"),
+        "tiny",
+        {
+            "num_train_steps": updates,
+            "global_batch_size": s["prompts"] * s["group"],
+            "checkpoint_every_steps": updates,
+            "keep_checkpoints": 1,
+            "checkpoint_async": False,
+            "export_hf": True,
+            "progress_bar": False,
+            "tensorboard": False,
+            "eval_every_steps": 0,
+            "log_every_steps": max(1, updates // 20),
+            "optim.learning_rate": s["lr"],
+            "optim.warmup_steps": 0,
+            "optim.schedule": "constant",
+            "data.max_prompt_len": 16,
+            "data.max_len": 16 + s["max_new_tokens"],
+            "task": TASK,
+        },
+    )
+    return stages.run_stage(
+        stages.with_data(c, data_dir=data, seed=seed, tokenizer="tiny", init_from=sft_hf), workdir
+    )
 
 
 # ----------------------------------------------------------------------------- main
+
 
 def main(argv=None) -> dict:
     args = common.parse_args(NAME, argv)
@@ -176,40 +270,92 @@ def main(argv=None) -> dict:
         for m in s["methods"]:
             wd = os.path.join(args.workdir, f"{m}_{tag}_s{seed}")
             if m == "sail":
-                hf = online_stage("sail", "tiny,variant=pr", wd, init_from=sft_hf, seed=seed, s=s,
-                                  **{"online.pairs_per_group": s["group"], "loss_kwargs.score_coef": s["score_coef"]})
+                hf = online_stage(
+                    "sail",
+                    "tiny,variant=pr",
+                    wd,
+                    init_from=sft_hf,
+                    seed=seed,
+                    s=s,
+                    **{
+                        "online.pairs_per_group": s["group"],
+                        "loss_kwargs.score_coef": s["score_coef"],
+                    },
+                )
             elif m == "online_dpo":
-                hf = online_stage("online_dpo", "tiny", wd, init_from=sft_hf, seed=seed, s=s,
-                                  **{"online.pairs_per_group": s["group"]})
+                hf = online_stage(
+                    "online_dpo",
+                    "tiny",
+                    wd,
+                    init_from=sft_hf,
+                    seed=seed,
+                    s=s,
+                    **{"online.pairs_per_group": s["group"]},
+                )
             else:
                 hf = offline_dpo_stage(sft_hf, wd, seed=seed, s=s)
             ev = evaluate(hf, sft_hf, os.path.join(wd, "eval.json"), s, seed=seed)
             gold[m].append(ev["gold_reward"])
             win[m].append(ev["win_rate"])
-        gold["sft"].append(ev["reference_gold_reward"])  # the SFT policy on the same held-out prompts
+        gold["sft"].append(
+            ev["reference_gold_reward"]
+        )  # the SFT policy on the same held-out prompts
     rows = [common.row("sft", seeds, gold_reward=gold["sft"])]
-    rows += [common.row(m, seeds, gold_reward=gold[m], win_rate_vs_sft=win[m]) for m in s["methods"]]
+    rows += [
+        common.row(m, seeds, gold_reward=gold[m], win_rate_vs_sft=win[m]) for m in s["methods"]
+    ]
     by = {r["method"]: r for r in rows}
-    supported = beats(by, "sail", "offline_dpo", "gold_reward") and beats(by, "sail", "offline_dpo",
-                                                                          "win_rate_vs_sft")
+    supported = beats(by, "sail", "offline_dpo", "gold_reward") and beats(
+        by, "sail", "offline_dpo", "win_rate_vs_sft"
+    )
     fmt = lambda m, k: f"{by[m][k]['mean']:.3f} ± {by[m][k]['std']:.3f}"  # noqa: E731
-    verdict = (f"gold reward: SFT {fmt('sft', 'gold_reward')}, "
-               + ", ".join(f"{m} {fmt(m, 'gold_reward')} (win rate vs SFT {fmt(m, 'win_rate_vs_sft')})"
-                           for m in s["methods"])
-               + f" over {len(seeds)} seeds: "
-               + ("SAIL beats offline DPO by more than the spread on both metrics." if supported else
-                  "SAIL does not beat offline DPO by more than the seed spread on both metrics: not supported "
-                  "in this miniature.")
-               + " Against the SFT policy itself: " + ", ".join(
-                   f"{m} {'above' if beats(by, m, 'sft', 'gold_reward') else 'not above'} it by more than the spread"
-                   for m in s["methods"]) + ".")
-    plots = [common.bar_plot(rows, "gold_reward", os.path.join(args.out, "gold_reward.png"),
-                             title="sorting: held-out gold reward"),
-             common.bar_plot(rows, "win_rate_vs_sft", os.path.join(args.out, "win_rate.png"),
-                             title="sorting: win rate vs the SFT policy")]
-    return common.write_results(args.out, name=NAME, paper=PAPER, claim=CLAIM, supported=supported, verdict=verdict,
-                                rows=rows, settings=dict(s, task=TASK, task_kwargs=TASK_KWARGS), quick=args.quick,
-                                wall_clock_s=time.time() - t0, plots=plots)
+    verdict = (
+        f"gold reward: SFT {fmt('sft', 'gold_reward')}, "
+        + ", ".join(
+            f"{m} {fmt(m, 'gold_reward')} (win rate vs SFT {fmt(m, 'win_rate_vs_sft')})"
+            for m in s["methods"]
+        )
+        + f" over {len(seeds)} seeds: "
+        + (
+            "SAIL beats offline DPO by more than the spread on both metrics."
+            if supported
+            else "SAIL does not beat offline DPO by more than the seed spread on both metrics: not supported "
+            "in this miniature."
+        )
+        + " Against the SFT policy itself: "
+        + ", ".join(
+            f"{m} {'above' if beats(by, m, 'sft', 'gold_reward') else 'not above'} it by more than the spread"
+            for m in s["methods"]
+        )
+        + "."
+    )
+    plots = [
+        common.bar_plot(
+            rows,
+            "gold_reward",
+            os.path.join(args.out, "gold_reward.png"),
+            title="sorting: held-out gold reward",
+        ),
+        common.bar_plot(
+            rows,
+            "win_rate_vs_sft",
+            os.path.join(args.out, "win_rate.png"),
+            title="sorting: win rate vs the SFT policy",
+        ),
+    ]
+    return common.write_results(
+        args.out,
+        name=NAME,
+        paper=PAPER,
+        claim=CLAIM,
+        supported=supported,
+        verdict=verdict,
+        rows=rows,
+        settings=dict(s, task=TASK, task_kwargs=TASK_KWARGS),
+        quick=args.quick,
+        wall_clock_s=time.time() - t0,
+        plots=plots,
+    )
 
 
 if __name__ == "__main__":

@@ -43,24 +43,48 @@ from experiments.pipelines import seft, stages
 from experiments.reproduce import common
 
 PAPER = "Chen et al., 2024, Self-Evolution Fine-Tuning for Policy Optimization (SEFT)"
-CLAIM = ("SFT on reviser-revised policy responses to unlabeled prompts beats SFT on the labeled data alone, "
-         "and more unlabeled prompts help")
+CLAIM = (
+    "SFT on reviser-revised policy responses to unlabeled prompts beats SFT on the labeled data alone, "
+    "and more unlabeled prompts help"
+)
 
 
 def settings(quick: bool) -> dict:
     """Everything the run depends on (also written to results.json)."""
     if quick:
-        return dict(num_labeled=8, unlabeled_multiples=(0, 1, 4), sft_steps=2, reviser_steps=0, round_steps=2,
-                    rounds=1, batch=16, eval_prompts=8, eval_samples=1)
-    return dict(num_labeled=128, unlabeled_multiples=(0, 1, 4), sft_steps=250, reviser_steps=200, round_steps=150,
-                rounds=1, batch=32, eval_prompts=128, eval_samples=2)
+        return dict(
+            num_labeled=8,
+            unlabeled_multiples=(0, 1, 4),
+            sft_steps=2,
+            reviser_steps=0,
+            round_steps=2,
+            rounds=1,
+            batch=16,
+            eval_prompts=8,
+            eval_samples=1,
+        )
+    return dict(
+        num_labeled=128,
+        unlabeled_multiples=(0, 1, 4),
+        sft_steps=250,
+        reviser_steps=200,
+        round_steps=150,
+        rounds=1,
+        batch=32,
+        eval_prompts=128,
+        eval_samples=2,
+    )
 
 
 def method_name(multiple: int) -> str:
-    return "SFT (U=0)" if multiple == 0 else "SEFT (U=N)" if multiple == 1 else f"SEFT (U={multiple}N)"
+    return (
+        "SFT (U=0)" if multiple == 0 else "SEFT (U=N)" if multiple == 1 else f"SEFT (U={multiple}N)"
+    )
 
 
-def make_config(s: dict, seed: int, *, num_unlabeled: int, init_from: str = "", reviser_path: str = ""):
+def make_config(
+    s: dict, seed: int, *, num_unlabeled: int, init_from: str = "", reviser_path: str = ""
+):
     here = os.path.dirname(os.path.abspath(__file__))
     c = get_config(os.path.join(here, "..", "..", "configs", "seft.py"), "tiny")
     c.seed = seed  # also every stage's seed and data.seed
@@ -81,8 +105,15 @@ def evaluate(policy_hf: str, task, tokenizer, s: dict) -> dict:
     """Mean gold reward and solve rate (verified fraction) of temperature-1 samples on fixed test prompts."""
     prompts = task.prompts("test", s["eval_prompts"], 0)
     k = s["eval_samples"]
-    out = stages.sample(policy_hf, tokenizer, prompts, samples_per_prompt=k, max_new_tokens=16, temperature=1.0,
-                        seed=0)
+    out = stages.sample(
+        policy_hf,
+        tokenizer,
+        prompts,
+        samples_per_prompt=k,
+        max_new_tokens=16,
+        temperature=1.0,
+        seed=0,
+    )
     flat_prompts = [p for p in prompts for _ in range(k)]
     gold = task.gold_rewards(flat_prompts, out.flat())
     solved = [task.verify(p, r) for p, r in zip(flat_prompts, out.flat())]
@@ -97,18 +128,28 @@ def run_seed(s: dict, seed: int, workdir: str) -> dict:
     tokenizer = engine.make_tokenizer(base.tokenizer)
     sft_hf = seft.sft_stage(base, os.path.join(wd, "sft"))
     # reviser_steps = 0 (--quick only): the SFT policy stands in for the reviser, one stage less per seed
-    reviser_hf = seft.reviser_stage(base, os.path.join(wd, "reviser"), sft_hf) if s["reviser_steps"] else sft_hf
+    reviser_hf = (
+        seft.reviser_stage(base, os.path.join(wd, "reviser"), sft_hf)
+        if s["reviser_steps"]
+        else sft_hf
+    )
     out = {"SFT start": evaluate(sft_hf, task, tokenizer, s)}
     for m in s["unlabeled_multiples"]:
         u = m * s["num_labeled"]
-        c = make_config(s, seed, num_unlabeled=u, init_from=sft_hf, reviser_path=reviser_hf if u else "")
+        c = make_config(
+            s, seed, num_unlabeled=u, init_from=sft_hf, reviser_path=reviser_hf if u else ""
+        )
         summ = seft.train_seft(c, os.path.join(wd, f"u{u}"))
         name = method_name(m)
         metrics = evaluate(summ["policy"], task, tokenizer, s)
         if u:
             r1 = summ["rounds"][0]
-            metrics.update(draft_gold=r1["draft_gold"], revised_gold=r1["revised_gold"],
-                           kept_fraction=r1["kept_fraction"], dropped=float(r1["dropped"]))
+            metrics.update(
+                draft_gold=r1["draft_gold"],
+                revised_gold=r1["revised_gold"],
+                kept_fraction=r1["kept_fraction"],
+                dropped=float(r1["dropped"]),
+            )
         out[name] = metrics
     return out
 
@@ -121,10 +162,12 @@ def decide(rows_by_name: dict, s: dict) -> tuple[bool, str]:
     margin = max(sft["std"], top["std"])
     a = top["mean"] > sft["mean"] + margin
     b = top["mean"] > n1["mean"]
-    verdict = (f"gold reward: SFT (U=0) {sft['mean']:.3f} ± {sft['std']:.3f}, SEFT (U=N) {n1['mean']:.3f} ± "
-               f"{n1['std']:.3f}, SEFT (U=4N) {top['mean']:.3f} ± {top['std']:.3f}. "
-               f"(a) SEFT 4N > SFT + {margin:.3f}: {'yes' if a else 'no'}; "
-               f"(b) SEFT 4N > SEFT N: {'yes' if b else 'no'}.")
+    verdict = (
+        f"gold reward: SFT (U=0) {sft['mean']:.3f} ± {sft['std']:.3f}, SEFT (U=N) {n1['mean']:.3f} ± "
+        f"{n1['std']:.3f}, SEFT (U=4N) {top['mean']:.3f} ± {top['std']:.3f}. "
+        f"(a) SEFT 4N > SFT + {margin:.3f}: {'yes' if a else 'no'}; "
+        f"(b) SEFT 4N > SEFT N: {'yes' if b else 'no'}."
+    )
     if not (a and b):
         verdict += " The miniature does not support the claim as stated."
     return a and b, verdict
@@ -135,6 +178,7 @@ def main(argv=None) -> dict:
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         # every seed and every U compiles the same few shapes; a persistent cache compiles each once
         import jax
+
         jax.config.update("jax_compilation_cache_dir", os.path.join(args.workdir, "jax_cache"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     s = settings(args.quick)
@@ -147,18 +191,47 @@ def main(argv=None) -> dict:
         rows.append(common.row(name, seeds, **{k: [p[name][k] for p in per_seed] for k in keys}))
     by_name = {r["method"]: r for r in rows}
     supported, verdict = decide(by_name, s)
-    plots = [common.bar_plot(rows, "gold_reward", os.path.join(args.out, "gold_reward.png"),
-                             title="SEFT vs SFT: held-out gold reward (T=1)")]
+    plots = [
+        common.bar_plot(
+            rows,
+            "gold_reward",
+            os.path.join(args.out, "gold_reward.png"),
+            title="SEFT vs SFT: held-out gold reward (T=1)",
+        )
+    ]
     n = s["num_labeled"]
-    series = {"SEFT (U=0: SFT, same steps)": [
-        (m * n, by_name[method_name(m)]["gold_reward"]["mean"], by_name[method_name(m)]["gold_reward"]["std"])
-        for m in s["unlabeled_multiples"]]}
-    plots.append(common.line_plot(series, os.path.join(args.out, "gold_vs_unlabeled.png"),
-                                  xlabel="unlabeled prompts U", ylabel="gold reward (T=1)",
-                                  title=f"SEFT, N={n} labeled prompts"))
-    return common.write_results(args.out, name="seft", paper=PAPER, claim=CLAIM, supported=supported,
-                                verdict=verdict, rows=rows, settings={**s, "argv": args.argv}, quick=args.quick,
-                                wall_clock_s=time.perf_counter() - t0, plots=plots)
+    series = {
+        "SEFT (U=0: SFT, same steps)": [
+            (
+                m * n,
+                by_name[method_name(m)]["gold_reward"]["mean"],
+                by_name[method_name(m)]["gold_reward"]["std"],
+            )
+            for m in s["unlabeled_multiples"]
+        ]
+    }
+    plots.append(
+        common.line_plot(
+            series,
+            os.path.join(args.out, "gold_vs_unlabeled.png"),
+            xlabel="unlabeled prompts U",
+            ylabel="gold reward (T=1)",
+            title=f"SEFT, N={n} labeled prompts",
+        )
+    )
+    return common.write_results(
+        args.out,
+        name="seft",
+        paper=PAPER,
+        claim=CLAIM,
+        supported=supported,
+        verdict=verdict,
+        rows=rows,
+        settings={**s, "argv": args.argv},
+        quick=args.quick,
+        wall_clock_s=time.perf_counter() - t0,
+        plots=plots,
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,10 @@ from experiments.reproduce import common, online_gains
 
 NAME = "sr_ppo"
 PAPER = "Self-Rewarding PPO: aligning language models with demonstrations only (docs/methods.md section 4)"
-CLAIM = ("PPO with the self-reward log pi_sft(y|x) - log pi_base(y|x) at EOS improves the gold reward of the SFT "
-         "policy it starts from (~2-4 points in the paper), using demonstrations only.")
+CLAIM = (
+    "PPO with the self-reward log pi_sft(y|x) - log pi_base(y|x) at EOS improves the gold reward of the SFT "
+    "policy it starts from (~2-4 points in the paper), using demonstrations only."
+)
 FORMS = ("sr_ppo", "sr_ppo_token_mean")
 
 
@@ -59,18 +61,42 @@ def main(argv=None) -> dict:
     by = {r["method"]: r for r in rows}
     supported = online_gains.improves(by, "sr_ppo")
     fmt = lambda m, k: f"{by[m][k]['mean']:.3f} ± {by[m][k]['std']:.3f}"  # noqa: E731
-    verdict = (f"gold reward: SFT {fmt('sft', 'gold_reward')}, "
-               + ", ".join(f"{m} {fmt(m, 'gold_reward')} (win rate vs SFT {fmt(m, 'win_rate_vs_sft')}, "
-                           f"KL {by[m]['kl_vs_sft']['mean']:.1f})" for m in s["methods"])
-               + f" over {args.seeds} seeds: "
-               + ("SR-PPO (the paper's summed reward) beats the SFT policy on every seed, by more than the spread."
-                  if supported else "SR-PPO (the paper's summed reward) does not beat the SFT policy on every seed "
-                  "by more than the spread: not supported in this miniature."))
-    plots = [common.bar_plot(rows, "gold_reward", f"{args.out}/gold_reward.png",
-                             title="sentiment: held-out gold reward (VADER)")]
-    return common.write_results(args.out, name=NAME, paper=PAPER, claim=CLAIM, supported=supported, verdict=verdict,
-                                rows=rows, settings=dict(s, task=online_gains.TASK, **policies),
-                                quick=args.quick, wall_clock_s=time.time() - t0, plots=plots)
+    verdict = (
+        f"gold reward: SFT {fmt('sft', 'gold_reward')}, "
+        + ", ".join(
+            f"{m} {fmt(m, 'gold_reward')} (win rate vs SFT {fmt(m, 'win_rate_vs_sft')}, "
+            f"KL {by[m]['kl_vs_sft']['mean']:.1f})"
+            for m in s["methods"]
+        )
+        + f" over {args.seeds} seeds: "
+        + (
+            "SR-PPO (the paper's summed reward) beats the SFT policy on every seed, by more than the spread."
+            if supported
+            else "SR-PPO (the paper's summed reward) does not beat the SFT policy on every seed "
+            "by more than the spread: not supported in this miniature."
+        )
+    )
+    plots = [
+        common.bar_plot(
+            rows,
+            "gold_reward",
+            f"{args.out}/gold_reward.png",
+            title="sentiment: held-out gold reward (VADER)",
+        )
+    ]
+    return common.write_results(
+        args.out,
+        name=NAME,
+        paper=PAPER,
+        claim=CLAIM,
+        supported=supported,
+        verdict=verdict,
+        rows=rows,
+        settings=dict(s, task=online_gains.TASK, **policies),
+        quick=args.quick,
+        wall_clock_s=time.time() - t0,
+        plots=plots,
+    )
 
 
 if __name__ == "__main__":
