@@ -20,6 +20,7 @@ from alignment.sampling import (
     top_p_filter,
 )
 from alignment.sampling import sampler as sampler_lib
+from experiments import bench
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15, 16, 17], [3]]
 
@@ -295,8 +296,6 @@ def test_greedy_matches_hf_generate(family, tmp_path):
 
 
 def test_bench_model_smoke(capsys):
-    from experiments import bench  # pylint: disable=import-outside-toplevel
-
     result = bench.main(
         [
             "model",
