@@ -69,9 +69,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "task_kwargs": ml_collections.ConfigDict(
                 EASY_ARITHMETIC if c.task == "arithmetic" and tiny else {}
             ),
-            "num_problems": 32
-            if tiny
-            else 1024,  # train problems: SFT demonstrations and pi_sft samples
+            # train problems: SFT demonstrations and pi_sft samples
+            "num_problems": 32 if tiny else 1024,
             "samples_per_problem": 4,  # pi_sft samples per problem, verified
             "temperature": 1.0,  # samples and rollouts
             "max_new_tokens": 48 if tiny else 512,
@@ -81,9 +80,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             # the chosen side: a verified pi_sft sample | the synthetic demonstration | a sample when
             # the problem has one, else the demonstration (all are correct solutions of the problem)
             "chosen": "sample_or_demonstration",
-            "rft_learning_rate": 1e-3
-            if tiny
-            else 1e-5,  # the rft method's SFT on its correct samples
+            # the rft method's SFT on its correct samples
+            "rft_learning_rate": 1e-3 if tiny else 1e-5,
             "batch_size": 256,  # generation batch
             "samples_dir": "",  # samples and step values, shared across methods ("" = WORKDIR/samples)
             # no SFT policy given (init_from = ""): SFT the preset on the demonstrations first

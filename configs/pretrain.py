@@ -42,9 +42,8 @@ def pretrain_config(task: str, tiny: bool) -> ml_collections.ConfigDict:
     c.cache_dir = ""  # "" = ~/.cache/alignment/bases/<task>-<config hash>
     c.corpus = ml_collections.ConfigDict(
         {
-            "num_prompts": 256
-            if tiny
-            else 4096,  # train-split prompts (sentiment's train split has ~5.1k)
+            # train-split prompts (sentiment's train split has ~5.1k)
+            "num_prompts": 256 if tiny else 4096,
             "demos_per_prompt": 1 if tiny else 3,
             "eval_docs": 64 if tiny else 256,
         }

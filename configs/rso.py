@@ -57,13 +57,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         {
             "sampler": str(args["sampler"]),  # rso | sft
             "num_prompts": 16 if tiny else 1024,  # train prompts of `task`
-            "num_eval_prompts": 4
-            if tiny
-            else 64,  # validation prompts -> held-out pairs (0: no eval)
+            # validation prompts -> held-out pairs (0: no eval)
+            "num_eval_prompts": 4 if tiny else 64,
             "num_samples": 8 if tiny else 64,  # N candidates per prompt from pi_sft
-            "num_accepted": 4
-            if tiny
-            else 8,  # M accepted by rejection sampling (M plain samples for sampler=sft)
+            # M accepted by rejection sampling (M plain samples for sampler=sft)
+            "num_accepted": 4 if tiny else 8,
             "beta": float(args["beta"]),  # pi_r ∝ pi_sft exp(r / beta)
             "temperature": 0.7,
             "top_k": 40,  # 0 = off

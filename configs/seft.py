@@ -53,20 +53,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     c.seft = ml_collections.ConfigDict(
         {
-            "num_labeled": 64
-            if tiny
-            else 2048,  # train prompts with a demonstration (SFT stage, reviser pairs)
-            "num_unlabeled": 64
-            if tiny
-            else 8192,  # further train prompts, never shown with a demonstration
+            # train prompts with a demonstration (SFT stage, reviser pairs)
+            "num_labeled": 64 if tiny else 2048,
+            # further train prompts, never shown with a demonstration
+            "num_unlabeled": 64 if tiny else 8192,
             # SFT of init_from ("" = fresh preset) on the labeled demonstrations; 0 = init_from
             # already is the SFT policy
             "sft_steps": 40 if tiny else 0,
             "sft_learning_rate": 3e-3 if tiny else 1e-5,
             "rounds": 1 if tiny else 2,
-            "round_steps": 20
-            if tiny
-            else 500,  # SFT steps per round on (x, y') (+ the labeled rows)
+            # SFT steps per round on (x, y') (+ the labeled rows)
+            "round_steps": 20 if tiny else 500,
             "round_learning_rate": 1e-3 if tiny else 5e-6,
             "mix_labeled": True,  # each round also trains on the labeled demonstrations
             "filter": str(args["filter"]),  # none | changed | oracle_not_worse
@@ -74,9 +71,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "temperature": 1.0,  # drafts y ~ pi(x) (and the eval samples)
             "max_new_tokens": 16 if tiny else 256,
             "batch_size": 256,  # generation batch
-            "num_eval_prompts": 16
-            if tiny
-            else 128,  # test prompts: gold reward after every round (0 = off)
+            # test prompts: gold reward after every round (0 = off)
+            "num_eval_prompts": 16 if tiny else 128,
         }
     )
     c.reviser = ml_collections.ConfigDict(
@@ -86,9 +82,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "keep_marker": "<keep>",
             "template": "{prompt}\ndraft: {response}\nrevision: ",  # one plain-text prompt: x and the draft y
             "pairs": str(args["pairs"]),  # both | samples | corruptions
-            "samples_per_prompt": 2
-            if tiny
-            else 4,  # SFT samples per labeled prompt, ranked by gold reward
+            # SFT samples per labeled prompt, ranked by gold reward
+            "samples_per_prompt": 2 if tiny else 4,
             "temperature": 1.0,
             "corruptions_per_prompt": 2,  # task.corrupt(best, k ~ U{1..max_swaps}) per labeled prompt
             "max_swaps": 2,

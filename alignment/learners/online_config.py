@@ -42,9 +42,8 @@ def online_config(algorithm: str, args: dict, loss: str) -> ml_collections.Confi
             "prompt_pool": 512 if tiny else 8192,  # distinct train prompts walked in a seeded order
             "num_prompts": 4 if tiny else 32,  # prompts per step
             "group_size": 4,  # samples per prompt (contiguous groups)
-            "max_prompt_len": 16
-            if tiny
-            else 128,  # prompts are left-padded to this; longer ones fail
+            # prompts are left-padded to this; longer ones fail
+            "max_prompt_len": 16 if tiny else 128,
             "max_new_tokens": 12 if tiny else 256,
             "temperature": 1.0,
             "top_k": 0,  # 0 = off
