@@ -25,7 +25,6 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from alignment import checkpoint as ckpt_lib
 from alignment import metrics as metrics_lib
@@ -95,7 +94,7 @@ class MetricsLog:
     """Metrics written one step late: `push(step, device_metrics)` keeps this step's metrics on
     device and writes the previous step's, so the host never waits on the step it just launched.
 
-    On flush the device metrics (a dict, or a list of dicts averaged key by key) go to the host,
+    On flush the device metrics (a dict of scalars, or None) go to the host,
     `host` metrics are added (they win on a shared key), the line is checked for NaN/Inf
     (`metrics.NonFiniteError` names the step and key) and written when due: every
     `log_every_steps`, at the last step, or when pushed with `always=True`. With `tokens`, the
@@ -140,11 +139,7 @@ class MetricsLog:
             return
         step_no, device, host, tokens, always = self._pending
         self._pending = None
-        if isinstance(device, (list, tuple)):
-            rows = [metrics_lib.to_host(d) for d in jax.device_get(list(device))]
-            m = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
-        else:
-            m = metrics_lib.to_host(device) if device is not None else {}
+        m = metrics_lib.to_host(device) if device is not None else {}
         m.update(host)
         m.update(self.extra)
         metrics_lib.check_finite(m, step_no)
