@@ -6,8 +6,9 @@ with GAE from pi_sft and an optional KL penalty to pi_sft (docs/methods.md secti
         --config.model.init_from=SFT_HF --config.reward.base_path=BASE_HF --config.tokenizer=SFT_HF
 
 pi_sft is the starting policy (`model.init_from`), so its log-probs are the reference forward
-the loop already runs; pi_base is `reward.base_path` (tiny: a random init with seed + 1; a
-random base makes the summed reward favour long responses, use a real earlier checkpoint).
+the loop already runs; pi_base is `reward.base_path`, required: only the `tiny` arg sets
+`online.random_base`, which makes an empty base_path a random init with seed + 1 (a random
+base makes the summed reward favour long responses; use a real earlier checkpoint).
 `online.log_ratio_reward`: "sum" (the paper) or "token_mean" (divided by the response length).
 Arg string: `tiny`, `task=<name>` (prompts, and the gold reward reported as reward_mean).
 """

@@ -11,9 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from alignment import engine, learners
+from alignment import engine, learners, models, sharding
 from alignment.engine import config as config_files
-from alignment.learners import rollout
+from alignment.learners import online, pg, rollout
+from alignment.models.logprobs import model_logprobs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONTRACT_KEYS = (
@@ -166,3 +167,57 @@ def test_sampler_reads_the_learners_parameter_buffers_without_a_copy(tmp_path, m
     # a copy made for sampling would live at other addresses while the state's buffers are alive
     for step in range(2):
         assert seen["sampled"][step] == seen["trained"][step * per_step], step
+
+
+def test_sr_ppo_reward_in_the_loop_equals_a_fresh_log_ratio(tmp_path, monkeypatch):
+    """The reward Self-Rewarding PPO's advantages receive is sum_t log pi_sft(y_t) - log pi_base(y_t)
+    over each sample's response tokens, recomputed here from freshly built pi_sft (the run's
+    starting weights, seed s) and pi_base (the random base, seed s + 1) on the sampled rows."""
+    seen = {"rollouts": [], "rewards": []}
+    real_rollout, real_advantages = online.OnlineRun.rollout, pg.ppo_advantages
+
+    def rollout_spy(self, *args, **kwargs):
+        seen["rollouts"].append(real_rollout(self, *args, **kwargs))
+        return seen["rollouts"][-1]
+
+    def advantages_spy(**kwargs):
+        seen["rewards"].append(np.asarray(kwargs["terminal_rewards"]))
+        return real_advantages(**kwargs)
+
+    monkeypatch.setattr(online.OnlineRun, "rollout", rollout_spy)
+    monkeypatch.setattr(pg, "ppo_advantages", advantages_spy)
+    c = _config("sr_ppo", "tiny", log_ratio_reward="sum")
+    learners.run(c, str(tmp_path))
+    assert len(seen["rewards"]) == c.num_train_steps == len(seen["rollouts"])
+
+    mesh = sharding.make_mesh(c.mesh.to_dict())
+    model_cfg = engine.model_config(c, engine.make_tokenizer(c.tokenizer).vocab_size)
+    graphdef, sft, _ = engine.init_params(model_cfg, mesh, c.seed)
+    _, base, _ = engine.init_params(model_cfg, mesh, c.seed + 1)
+    batch = seen["rollouts"][0].batch  # step 1: pi_sft is both the policy's start and the reference
+
+    def sequence_logps(params):
+        logps = model_logprobs(
+            models.merge(graphdef, params),
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["loss_mask"],
+            chunk_size=c.model.logprob_chunk_size,
+        )
+        return np.sum(np.asarray(logps, np.float64) * batch["loss_mask"], axis=-1)
+
+    expected = sequence_logps(sft) - sequence_logps(base)
+    assert np.all(batch["loss_mask"].sum(-1) > 0)
+    assert np.abs(expected).max() > 1e-3, "pi_sft and pi_base agree: the check would be vacuous"
+    np.testing.assert_allclose(seen["rewards"][0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_sr_ppo_without_a_base_is_refused_outside_tiny():
+    """A full-size SR-PPO config must name pi_base; only the tiny arg may fall back to a random one."""
+    with pytest.raises(ValueError, match=r"reward\.base_path"):
+        learners.validate(config_files.get_config(REPO / "configs" / "sr_ppo.py", None))
+    learners.validate(config_files.get_config(REPO / "configs" / "sr_ppo.py", "tiny"))
+    full = config_files.get_config(
+        REPO / "configs" / "sr_ppo.py", None, {"reward.base_path": "/a/base"}
+    )
+    learners.validate(full)

@@ -175,6 +175,12 @@ def validate_online(config) -> None:
             f"config.online.log_ratio_reward must be one of {LOG_RATIO_REWARDS}, "
             f"got {o.log_ratio_reward!r}"
         )
+    if o.algorithm == "sr_ppo" and not config.reward.base_path and not o.random_base:
+        raise ValueError(
+            "online.algorithm='sr_ppo' needs pi_base: set reward.base_path to the base policy's "
+            "Hugging Face folder (online.random_base=True takes a random init instead, for tests "
+            "and tiny runs only)"
+        )
     if o.algorithm == "sr_ppo" and not (
         config.reward.kind == "log_ratio" and not config.reward.path
     ):

@@ -71,6 +71,10 @@ def online_config(algorithm: str, args: dict, loss: str) -> ml_collections.Confi
             # Self-Rewarding PPO: log pi_sft - log pi_base summed over the response ("sum", the paper)
             # or divided by its length ("token_mean")
             "log_ratio_reward": "sum",
+            # Self-Rewarding PPO when reward.base_path is empty: pi_base = a random init of the
+            # policy's architecture (seed + 1). For tests and tiny runs only (the `tiny` arg sets
+            # it); otherwise a run must name its pi_base, and validation says so.
+            "random_base": tiny,
         }
     )
     c.reward = rewards.default_reward_config()  # kind: task | verifier | reward_model | log_ratio

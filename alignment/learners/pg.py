@@ -190,8 +190,13 @@ def ppo_advantages(
 
 
 def load_base(config, model_cfg, mesh):
-    """pi_base of Self-Rewarding PPO: `reward.base_path` (an HF folder), or for tests and tiny runs
-    a random init of the policy's architecture with seed `config.seed + 1`."""
+    """pi_base of Self-Rewarding PPO: `reward.base_path` (an HF folder), or, when none is given
+    and `online.random_base` is set (tests and tiny runs), a random init of the policy's
+    architecture with seed `config.seed + 1`. Validation refuses a config with neither."""
+    if not (config.reward.base_path or config.online.random_base):
+        raise ValueError(
+            "online.algorithm='sr_ppo' needs reward.base_path (or online.random_base=True)"
+        )
     if config.reward.base_path:
         graphdef, params, _, _ = engine.load_params(config.reward.base_path, config.model, mesh)
         return graphdef, params
