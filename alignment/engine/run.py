@@ -184,17 +184,26 @@ class RunContext:
 
     def reference_params(self):
         """A copy of the starting weights, kept frozen (the step donates the live parameters, and
-        one buffer cannot be donated twice)."""
+        one buffer cannot be donated twice). Take it before `create_state`."""
+        if self.params is None:
+            raise ValueError(
+                "RunContext.reference_params: the starting weights moved into the train state "
+                "(create_state); take the reference copy before creating the state"
+            )
         return jax.tree.map(jnp.copy, self.params)
 
     def create_state(self, tx, *, params=None, shardings=None, with_reference: bool = False):
         """`(state, state_shardings)` for optimizer `tx` over `params` (default: the starting
-        weights), the optimizer state sharded like them."""
+        weights), the optimizer state sharded like them. The context then lets go of the starting
+        weights (`params` becomes None), so a run holds no extra copy of the model beyond the
+        state and the references it asked for."""
         params = self.params if params is None else params
         shardings = self.shardings if shardings is None else shardings
-        return create_train_state(
+        out = create_train_state(
             params, shardings, tx, self.mesh, seed=self.config.seed, with_reference=with_reference
         )
+        self.params = None
+        return out
 
     def restore(self, state, state_shardings) -> tuple[Any, dict[str, Any] | None]:
         """`(state, this process's data state)` from the newest intact checkpoint, or

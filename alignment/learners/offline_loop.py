@@ -149,6 +149,10 @@ def _loop(ctx: engine.RunContext, config, extra_metrics) -> Any:
     schedule = optim.make_schedule(config.optim, config.num_train_steps)
     tx = optim.make_optimizer(config.optim, ctx.params, config.num_train_steps)
     uses_ref = offline.needs_reference(losses.get(config.loss))
+    precomputed = (
+        config.kind == "preference" and config.reference.mode == "precomputed" and uses_ref
+    )
+    ref_params = ctx.reference_params() if precomputed else None
     state, st_shardings = ctx.create_state(
         tx, with_reference=uses_ref and config.reference.mode == "in_step"
     )
@@ -156,9 +160,9 @@ def _loop(ctx: engine.RunContext, config, extra_metrics) -> Any:
         ctx.graphdef, config.model.logprob_chunk_size, config.model.logprob_remat
     )
     ref_cache = None
-    if config.kind == "preference" and config.reference.mode == "precomputed" and uses_ref:
+    if precomputed:
         ref_fn = jax.jit(functools.partial(offline.reference_logps, logprob_fn))
-        ref_cache = ReferenceCache(ref_fn, ctx.reference_params(), enabled=pc == 1)
+        ref_cache = ReferenceCache(ref_fn, ref_params, enabled=pc == 1)
 
     def prepare(batch_np):
         """Host rows -> (global batch, its shardings), with cached reference log-probs."""

@@ -80,9 +80,10 @@ def slic(
 
 @preference_loss("sigmoid_norm", lengths=True, label_smoothing="[0, 0.5]")
 def sigmoid_norm(p: Pair, *, beta: float = 0.1, label_smoothing: float = 0.0):
-    """Length-normalised DPO, under TRL's name `sigmoid_norm`: `-logsig(b*(cl/Lc - rl/Lr))`, ls
-    as in DPO. Not RSO's "sigmoid-norm" (Liu et al., 2023), which normalises by the SFT policy
-    rather than by length: that is `dpo` with the SFT policy as reference and RSO's gamma as `b`."""
+    """Length-normalised DPO, under TRL's name `sigmoid_norm` (SimPO's "DPO w/ LN", Meng et al.,
+    2024; Tulu 3, Lambert et al., 2024, section 4.3): `-logsig(b*(cl/Lc - rl/Lr))`, ls as in DPO.
+    Not RSO's "sigmoid-norm" (Liu et al., 2023), which normalises by the SFT policy rather than
+    by length: that is `dpo` with the SFT policy as reference and RSO's gamma as `b`."""
     return smoothed_logistic(beta * (p.cl / p.lc - p.rl / p.lr), label_smoothing)
 
 
