@@ -209,6 +209,7 @@ def sail(
     score_coef: float = 0.2,
     self_label_coef: float = 0.0,
     normalize_score_term: bool = False,
+    score_term_sign: str = "exact",
 ):
     """SAIL (Ding et al., 2024, "Self-Improving Online Alignment"), DPO on pairs sampled from the
     current policy, as a surrogate whose gradient adds the score-function term:
@@ -216,12 +217,19 @@ def sail(
     `l = -logsig(b*h)`; `L = l + c * sg(l) * (pc + pr) - (rho/2) * logsig(b*h)**2`, i.e.
     docs/methods.md section 4's `-logsig(bh) - c*sg(logsig(bh))*(pc+pr)` (c = `score_coef`,
     authors' code: 0.2 / 0.2 / 0.3 for DP / PP / PR), plus the self-labelling term with rho =
-    `self_label_coef` (0 turns it off). With `label_smoothing` l is the cDPO loss.
-    `normalize_score_term=True` divides each `log pi(y)` by its detached magnitude, as the
-    authors' code does (we use |log pi| so the sign of the term is kept).
+    `self_label_coef` (0 turns it off). With `label_smoothing` l is the cDPO loss. With c = 1
+    and no smoothing, the expected gradient over pairs drawn from pi is exactly the gradient
+    of `-E_{y1, y2 ~ pi} logsig(b*h)` (tested on a tabular policy).
+
+    `normalize_score_term=True` divides each `log pi(y)` of the term by its detached magnitude
+    `|log pi(y)|`. `score_term_sign`: "exact" (the sign of the gradient above: a descent step
+    lowers the sampled responses' likelihoods) or "authors": the opposite sign, which is what
+    the authors' code runs (its gradient hook adds `-c * logsig(b*h) / log pi(y)`, dividing by
+    the signed log-prob; with `normalize_score_term=True` this is that hook exactly).
     """
     _checks.check_scalar("score_coef", score_coef)
     _checks.check_scalar("self_label_coef", self_label_coef)
+    _checks.check_choice("score_term_sign", score_term_sign, ("exact", "authors"))
     z = beta * p.h
     pref = smoothed_logistic(z, label_smoothing)
     if normalize_score_term:
@@ -230,6 +238,7 @@ def sail(
         )
     else:
         score = p.pc + p.pr
-    score_term = score_coef * sg(pref) * score
+    sign = 1.0 if score_term_sign == "exact" else -1.0
+    score_term = sign * score_coef * sg(pref) * score
     self_label = -0.5 * self_label_coef * jax.nn.log_sigmoid(z) ** 2
     return pref + score_term + self_label, {"preference_loss": jnp.mean(pref)}
