@@ -12,7 +12,10 @@ Arg string: `tiny`, `task=<name>`, `variant=`
        `online.offline_label="implicit"`), the other 60% are sampled and labelled by the reward
        (PR); score_coef 0.2, rho 0.2
 Defaults follow the authors' code (beta 0.1, coefficients 0.3 / 0.2, DP share 0.4, extra term
-normalised by the detached log-probs). Differences:
+normalised by the detached log-probs, implicit-reward labels drawn as P(first > second) =
+sigmoid(beta * margin): `online.implicit_labels="sampled"`). The extra term keeps the sign of
+the exact gradient (`loss_kwargs.score_term_sign="exact"`); the authors' code runs the opposite
+sign (`"authors"`), see docs/methods.md section 4. Differences:
 the authors' PP share (0.3) is folded into PR here, and one score_coef applies to every pair (theirs:
 0.2 / 0.2 / 0.3 per source). Pure SAIL-PP / SAIL-DP from pi = ref get no signal at first: every
 implicit reward is 0, so all their pairs tie (counted as `groups_without_pair` / `offline_pair_ties`,

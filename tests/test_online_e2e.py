@@ -221,3 +221,18 @@ def test_sr_ppo_without_a_base_is_refused_outside_tiny():
         REPO / "configs" / "sr_ppo.py", None, {"reward.base_path": "/a/base"}
     )
     learners.validate(full)
+
+
+def test_sail_pp_runs_end_to_end_and_ties_from_the_reference(tmp_path_factory):
+    """SAIL-PP alone (labels from the policy's own implicit reward, drawn as its gradient
+    assumes) runs; from pi == ref every implicit reward is 0, so every group ties and no pair
+    trains (the reward-labelled share of the mixed variants is what moves the policy first)."""
+    workdir, _, _ = _run("sail", "tiny,variant=pp", tmp_path_factory.getbasetemp())
+    lines = _lines(workdir)
+    assert [r["step"] for r in lines] == [1, 2]
+    c = _config("sail", "tiny,variant=pp")
+    assert c.online.label == "implicit" and c.online.implicit_labels == "sampled"
+    for r in lines:
+        for key in CONTRACT_KEYS:
+            assert key in r and np.isfinite(r[key]), (key, r)
+        assert r["pairs_per_step"] == 0 and r["groups_without_pair"] == c.online.num_prompts

@@ -54,6 +54,7 @@ PAIRWISE = ("online_dpo", "sail")  # the pairwise loop; the others run the polic
 ADVANTAGES = ("group", "group_mean", "rloo", "gae")
 LABELS = ("reward", "implicit")
 OFFLINE_LABELS = ("dataset", "implicit")
+IMPLICIT_LABELS = ("sampled", "argmax")
 LOG_RATIO_REWARDS = ("sum", "token_mean")
 PG_FAMILIES = ("policy_gradient",)
 
@@ -123,6 +124,11 @@ def validate_online(config) -> None:
                 f"config.online.offline_fraction must lie in [0, 1) and online.pair_margin be >= 0 "
                 f"(got {o.offline_fraction}, {o.pair_margin}): at least one prompt per step is "
                 "sampled online"
+            )
+        if o.implicit_labels not in IMPLICIT_LABELS:
+            raise ValueError(
+                f"config.online.implicit_labels must be one of {IMPLICIT_LABELS}, "
+                f"got {o.implicit_labels!r}"
             )
         if o.offline_label not in OFFLINE_LABELS:
             raise ValueError(

@@ -68,6 +68,10 @@ def online_config(algorithm: str, args: dict, loss: str) -> ml_collections.Confi
             # by the policy's implicit reward ("implicit")
             "offline_fraction": 0.0,
             "offline_label": "dataset",
+            # labels from the implicit reward (label="implicit", offline_label="implicit"): drawn
+            # as P(first > second) = sigmoid(beta * margin), as SAIL's self-labelling gradient
+            # assumes and the authors' code does ("sampled"), or the sign of the margin ("argmax")
+            "implicit_labels": "sampled",
             # Self-Rewarding PPO: log pi_sft - log pi_base summed over the response ("sum", the paper)
             # or divided by its length ("token_mean")
             "log_ratio_reward": "sum",

@@ -168,11 +168,21 @@ def encode_dataset_pairs(
     return out
 
 
-def dataset_step(ds, rows, o, *, forward, params, ref_params, mesh) -> dict:
+def implicit_swaps(h: np.ndarray, *, labels: str, rng: np.random.Generator) -> np.ndarray:
+    """Which pairs to swap, given `h` [n] = the implicit-reward margin `beta * (log pi/ref of the
+    first - of the second)`: `labels="sampled"` (SAIL's self-labelling, as its gradient assumes
+    and the authors' code draws) keeps the order with probability sigmoid(h), i.e. swaps with
+    probability sigmoid(-h); `"argmax"` swaps exactly when h < 0."""
+    if labels == "argmax":
+        return h < 0
+    return rng.random(h.shape[0]) < 1.0 / (1.0 + np.exp(h))
+
+
+def dataset_step(ds, rows, o, *, forward, params, ref_params, mesh, rng=None) -> dict:
     """This step's dataset pairs in preference-batch form. `offline_label="implicit"` is SAIL-DP:
     each pair is relabelled by the current policy's implicit reward `beta * log(pi / ref)`
-    (swapped when it prefers the dataset's rejected response; weight 0 on an exact tie, as at
-    the start where pi == ref)."""
+    (`implicit_swaps` with `online.implicit_labels`, drawing from `rng`; weight 0 on an exact
+    tie, as at the start where pi == ref)."""
     rows = np.asarray(rows)
     n = len(rows)
     both = {
@@ -188,7 +198,8 @@ def dataset_step(ds, rows, o, *, forward, params, ref_params, mesh) -> dict:
         pol_seq = rollout.sequence_sums(np.asarray(forward(params, *args)), both["loss_mask"])
         implicit = o.implicit_beta * (pol_seq - ref_seq)
         h = implicit[:n] - implicit[n:]
-        swap, weight = h < 0, (h != 0).astype(np.float32)
+        weight = (h != 0).astype(np.float32)
+        swap = implicit_swaps(h, labels=o.implicit_labels, rng=rng) & (h != 0)
     c_idx = np.where(swap, np.arange(n) + n, np.arange(n))
     r_idx = np.where(swap, np.arange(n), np.arange(n) + n)
     out = {"pair_weight": weight}
@@ -285,6 +296,14 @@ def train_pairs(config, workdir: str):
                 seed=[config.seed, step_no],
                 margin=o.pair_margin,
             )
+            label_rng = np.random.default_rng([config.seed, step_no, 0x4C41424C])  # "LABL"
+            if o.label == "implicit":  # SAIL-PP: the pair's label is drawn from the implicit reward
+                h = scores[chosen] - scores[rejected]
+                swap = implicit_swaps(h, labels=o.implicit_labels, rng=label_rng) & (weight > 0)
+                chosen, rejected = (
+                    np.where(swap, rejected, chosen),
+                    np.where(swap, chosen, rejected),
+                )
             train_np = preference_batch(r.batch, r.seq_ref, chosen, rejected, weight)
             m = dict(
                 pairs_per_step=stats["pairs"],
@@ -301,6 +320,7 @@ def train_pairs(config, workdir: str):
                     params=state.params,
                     ref_params=run.ref_params,
                     mesh=ctx.mesh,
+                    rng=label_rng,
                 )
                 m.update(off.pop("metrics"))
                 train_np = {k: np.concatenate([train_np[k], off[k]]) for k in train_np}
