@@ -9,7 +9,7 @@
             ctx.metrics.push(step_no, m)                # logged one step late: no host sync here
             if ctx.should_save(step_no):
                 ctx.save(step_no, state, data_state)    # flushes (and checks) metrics first
-        ctx.export(state.params)                        # WORKDIR/hf when config.export_hf
+        ctx.finish(state.params)                        # last metrics, saves committed, WORKDIR/hf
 
 A learner owns its loop and its batches; the context owns what every loop needs the same way:
 where the run lives, what it starts from, how it is checkpointed, restored and logged.
@@ -248,6 +248,14 @@ class RunContext:
             self.metrics.wait()
             self.metrics.flush()
         self.checkpointer.save(step_no, state, ckpt_lib.gather_data_states(dict(data_state)))
+
+    def finish(self, params) -> None:
+        """The end of a loop: the last metrics written, pending checkpoint saves committed, and
+        `params` (the policy) exported to `WORKDIR/hf` when `config.export_hf`."""
+        if self.metrics is not None:
+            self.metrics.flush()
+        self.checkpointer.wait()
+        self.export(params)
 
     def export(self, params) -> None:
         """`WORKDIR/hf` (weights + tokenizer files) when `config.export_hf`."""

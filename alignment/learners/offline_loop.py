@@ -232,7 +232,5 @@ def _loop(ctx: engine.RunContext, config, extra_metrics) -> Any:
         metrics.push(step_no, m_dev, host=m_eval, tokens=tokens, always=bool(m_eval))
         if ctx.should_save(step_no):
             ctx.save(step_no, state, data_state)
-    metrics.flush()
-    ctx.checkpointer.wait()
-    ctx.export(state.params)
+    ctx.finish(state.params)
     return state

@@ -345,7 +345,5 @@ def train_pairs(config, workdir: str):
                         "offline_cursor": offline_stream.cursor,
                     },
                 )
-        metrics.flush()
-        ctx.checkpointer.wait()
-        ctx.export(state.params)
+        ctx.finish(state.params)
         return state

@@ -323,7 +323,5 @@ def train_pg(config, workdir: str):
                 ctx.save(
                     step_no, state, {"prompt_cursor": prompts_stream.cursor, "offline_cursor": 0}
                 )
-        metrics.flush()
-        ctx.checkpointer.wait()
-        ctx.export(policy_of(state.params))
+        ctx.finish(policy_of(state.params))
         return state
